@@ -30,7 +30,7 @@ def fairgrad(
     shared: _gram.Mask = None,
     scale_by_num_tasks: bool = False,
     max_norm: float | None = None,
-    maxiter: int = 50,
+    maxiter: int = 100,
     tol: float = 1e-5,
     regularization: float = 1e-6,
 ) -> aggregating.Aggregator:
@@ -56,8 +56,10 @@ def fairgrad(
   * linearly dependent gradients (a Pareto-stationary point) give a finite,
     bounded update, through the relative regularization λ;
   * any non-finite gradient makes the update non-finite (NaN), so that
-    ``optax.apply_if_finite`` skips the step; the state keeps the previous
-    weights. Finite gradients never give a NaN update;
+    ``optax.chain(fairgrad(...), optax.apply_if_finite(optax.adam(...), n))``
+    skips the step (``apply_if_finite`` goes after the aggregator, which
+    changes the shapes); the state keeps the previous weights. Finite
+    gradients never give a NaN update;
   * bf16/f16 gradients: the Gram matrix and the solve are float32, the
     update has the gradients' dtype.
 
