@@ -18,7 +18,7 @@ PAD_K = 40  # every reference Gram matrix is padded to 40 tasks (see below)
 
 @functools.partial(jax.jit, static_argnames=("alpha", "maxiter",
                                              "regularization"))
-def solve(gram, alpha, init=None, maxiter=100, regularization=1e-6):
+def solve(gram, alpha, init=None, maxiter=100, regularization=None):
   return fj.fairgrad_solve(gram, alpha, init=init, maxiter=maxiter,
                            regularization=regularization)
 
@@ -230,7 +230,7 @@ def test_extreme_task_counts(k):
 def test_float64_when_enabled():
   with jax.enable_x64(True):
     gram = jnp.array([[2.0, 0.5], [0.5, 1.0]], jnp.float64)
-    sol = fj.fairgrad_solve(gram, 2.0, tol=1e-12, regularization=0.0)
+    sol = fj.fairgrad_solve(gram, 2.0, tol=1e-12)
     assert sol.weights.dtype == jnp.float64
     assert relative_residual(gram, sol.weights, 2.0) < 1e-9
 

@@ -32,7 +32,7 @@ def fairgrad(
     max_norm: float | None = None,
     maxiter: int = 100,
     tol: float = 1e-5,
-    regularization: float = 1e-6,
+    regularization: float | None = None,
 ) -> aggregating.Aggregator:
   r"""FairGrad: the α-fair update of the task gradients, as an optax aggregator.
 
@@ -80,7 +80,8 @@ def fairgrad(
       the K scaling; the authors' code uses 1.0 (off by default).
     maxiter: Levenberg–Marquardt iterations per step, at most.
     tol: the solver's tolerance on each task's relative residual.
-    regularization: λ in GᵀG + λ diag(GᵀG) (see :func:`fairgrad_solve`).
+    regularization: λ in GᵀG + λ diag(GᵀG); default 10 machine epsilons of
+      the solve (see :func:`fairgrad_solve`).
 
   Returns:
     An :class:`optax.experimental.aggregating.Aggregator`.
@@ -115,7 +116,7 @@ def fairgrad(
     raise ValueError(f"maxiter must be a positive int, got {maxiter!r}.")
   if not tol > 0:
     raise ValueError(f"tol must be > 0, got {tol!r}.")
-  if not regularization >= 0:
+  if regularization is not None and not regularization >= 0:
     raise ValueError(f"regularization must be >= 0, got {regularization!r}.")
 
   def init(num_tasks):

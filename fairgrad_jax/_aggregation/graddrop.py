@@ -1,0 +1,94 @@
+"""GradDrop as an optax aggregator (elementwise, not a Gram weighting)."""
+
+import jax
+import jax.numpy as jnp
+from optax.experimental import aggregating
+
+from fairgrad_jax import _gram
+from fairgrad_jax._aggregation import base
+from fairgrad_jax._aggregation.gradient_surgery import check_seed
+
+
+def graddrop(
+    *,
+    seed: int = 0,
+    num_tasks: int | None = None,
+    shared: _gram.Mask = None,
+) -> aggregating.Aggregator:
+  r"""GradDrop: keep, per coordinate, only the gradients of one sign.
+
+  For each coordinate of the shared leaves, the sign purity
+  P = ½(1 + Σ_i g_i / Σ_i |g_i|) ∈ [0, 1] and one U ~ Uniform[0, 1) give the
+  masks M_i = 1[P > U] 1[g_i > 0] + 1[P < U] 1[g_i < 0]; the update is
+  Σ_i M_i g_i (leak 0, the paper's default; a coordinate where every g_i is 0
+  gets 0). Where all tasks agree in sign, this is Σ_i g_i. Task-specific
+  leaves get Σ_i g_i. The paper applies GradDrop to the gradients at a
+  layer's activations; like LibMTL and Nash-MTL's code we apply it to the
+  gradients of the shared parameters. U comes from a PRNG key kept in
+  ``state.extra``, seeded by ``seed``. Extra keyword arguments
+  (``losses=``...) are ignored.
+
+  Args:
+    seed: seed of the PRNG key.
+    num_tasks: K; when given, K is checked and ``state.weights`` holds ones
+      (GradDrop is not a weighting: it has no per-task weights).
+    shared: which leaves are shared (see :func:`fairgrad`).
+
+  Returns:
+    An :class:`optax.experimental.aggregating.Aggregator`; ``state`` is an
+    :class:`AggregatorState` whose ``extra`` is the next PRNG key.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import fairgrad_jax
+    >>> agg = fairgrad_jax.graddrop(seed=0)
+    >>> grads = {"w": jnp.array([[1.0, -2.0], [3.0, -1.0]])}  # signs agree
+    >>> agg.update(grads, agg.init(None))[0]["w"]
+    Array([ 4., -3.], dtype=float32)
+
+  References:
+    Chen, Ngiam, Huang, Luong, Kretzschmar, Chai & Anguelov, "Just Pick a
+    Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout",
+    NeurIPS 2020, arXiv:2010.06808.
+  """
+  check_seed(seed)
+  base.check_num_tasks(num_tasks)
+
+  def init_fn(params):
+    del params
+    weights = (None if num_tasks is None
+               else jnp.ones((num_tasks,), jnp.float32))
+    return base.AggregatorState(weights=weights,
+                                extra=jax.random.PRNGKey(seed))
+
+  def drop(x, key):
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    g = x.astype(dtype)
+    total = jnp.sum(g, axis=0)
+    mass = jnp.sum(jnp.abs(g), axis=0)
+    purity = 0.5 * (1.0 + total / jnp.where(mass > 0, mass, 1.0))
+    u = jax.random.uniform(key, purity.shape, dtype)
+    keep = (((purity > u) & (g > 0)) | ((purity < u) & (g < 0)))
+    return jnp.sum(jnp.where(keep, g, 0.0), axis=0).astype(x.dtype)
+
+  def update_fn(grads, state, params=None, *, losses=None, **extra_args):
+    del params, losses, extra_args
+    k = _gram.num_tasks_of(grads)
+    if num_tasks is not None and k != num_tasks:
+      raise ValueError(
+          f"graddrop was built with num_tasks={num_tasks} but the gradients"
+          f" have a task axis of size {k}.")
+    leaves, treedef = jax.tree.flatten(grads)
+    mask = _gram.shared_leaves(shared, grads)
+    key, *subs = jax.random.split(state.extra, len(leaves) + 1)
+    ones = jnp.ones((k,), jnp.float32)
+    out = [drop(x, sub) if m else _gram.weighted_sum(ones, x)
+           for x, m, sub in zip(leaves, mask, subs)]
+    return (jax.tree.unflatten(treedef, out),
+            base.AggregatorState(weights=state.weights, extra=key))
+
+  hyper = {"seed": seed} | base.common_hyperparams(num_tasks, shared, False,
+                                                   None)
+  args = ", ".join(f"{k}={v!r}" for k, v in hyper.items())
+  update_fn._fairgrad_repr = f"graddrop({args})"  # pylint: disable=protected-access
+  return base._Aggregator(init_fn, update_fn)  # pylint: disable=protected-access

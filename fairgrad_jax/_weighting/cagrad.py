@@ -1,0 +1,117 @@
+"""CAGrad's weights: conflict-averse update within a ball around the mean.
+
+Liu, Liu, Jin, Stone & Liu (2021), Algorithm 1: with g0 the average gradient
+and φ = c²‖g0‖², CAGrad maximises the worst local improvement min_i g_iᵀd
+over ‖d − g0‖ ≤ √φ. Its dual is
+
+  min_{w ∈ Δ_K}  g_wᵀg0 + √φ ‖g_w‖,   g_w = Σ_i w_i g_i,
+
+and the update is d = g0 + (√φ/‖g_w‖) g_w, which the authors' code divides by
+1 + c² (``rescale=1``, their default). Everything is in terms of GᵀG, so the
+update is Σ_i λ_i g_i with λ_i = (1/K + √φ w_i/‖g_w‖) / (1 + c²).
+"""
+
+import jax
+import jax.numpy as jnp
+
+# Relative smoothing of ‖g_w‖ (the authors' code adds 1e-8 in absolute terms).
+_EPS = 1e-8
+
+
+def project_simplex(v: jax.Array) -> jax.Array:
+  """Euclidean projection onto the probability simplex (sort-based)."""
+  k = v.shape[0]
+  u = jnp.sort(v)[::-1]
+  css = jnp.cumsum(u) - 1.0
+  ind = jnp.arange(1, k + 1, dtype=v.dtype)
+  rho = jnp.max(jnp.where(u - css / ind > 0, ind, 0.0))
+  theta = css[rho.astype(jnp.int32) - 1] / rho
+  return jnp.maximum(v - theta, 0.0)
+
+
+def cagrad_weights(gram: jax.Array, c: float = 0.4, *, rescale: bool = True,
+                   maxiter: int = 200) -> jax.Array:
+  r"""CAGrad's weights on the task gradients, from GᵀG.
+
+  Solves the dual min_{w ∈ Δ_K} wᵀGᵀG 1/K + c‖g0‖ √(wᵀGᵀGw) by projected
+  gradient descent with a backtracking step (jittable; the authors use
+  scipy's SLSQP), then returns λ with d = Σ_i λ_i g_i (see the module
+  docstring).
+
+  Args:
+    gram: (K, K) Gram matrix GᵀG.
+    c: the radius c >= 0 of the ball, relative to ‖g0‖ (0: the mean
+      gradient).
+    rescale: divide the update by 1 + c², as the authors' code does by
+      default.
+    maxiter: projected-gradient iterations.
+
+  Returns:
+    (K,) weights λ.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import fairgrad_jax
+    >>> g = jnp.array([[1.0, 0.0], [0.0, 3.0]])
+    >>> fairgrad_jax.cagrad_weights(g @ g.T, c=0.0)  # the mean gradient
+    Array([0.5, 0.5], dtype=float32)
+
+  References:
+    Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for
+    Multi-task Learning", NeurIPS 2021, arXiv:2110.14048 (Algorithm 1).
+  """
+  if not c >= 0:
+    raise ValueError(f"c must be >= 0, got {c!r}.")
+  gram = jnp.asarray(gram)
+  if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+    raise ValueError(f"gram must be a (K, K) matrix, got shape {gram.shape}.")
+  gram = jax.lax.stop_gradient(gram)
+  dtype = jnp.promote_types(gram.dtype, jnp.float32)
+  gram = gram.astype(dtype)
+  k = gram.shape[0]
+  # The weights do not depend on the scale of G: work with max diag = 1.
+  scale = jnp.max(jnp.diagonal(gram))
+  scale = jnp.where(scale > 0, scale, 1.0)
+  a = gram / scale
+  b = jnp.full((k,), 1.0 / k, dtype)
+  ab = a @ b
+  radius = c * jnp.sqrt(jnp.maximum(b @ ab, 0.0))  # √φ = c‖g0‖
+
+  def f(w):
+    return w @ ab + radius * jnp.sqrt(jnp.maximum(w @ a @ w, 0.0) + _EPS)
+
+  def grad(w):
+    aw = a @ w
+    return ab + radius * aw / jnp.sqrt(jnp.maximum(w @ aw, 0.0) + _EPS)
+
+  def body(_, carry):
+    w, step = carry
+    fw, gw = f(w), grad(w)
+
+    def try_step(s):
+      new = project_simplex(w - s * gw)
+      diff = new - w
+      ok = f(new) <= fw + gw @ diff + (diff @ diff) / (2 * s) + 1e-7 * abs(fw)
+      return new, ok
+
+    def cond(inner):
+      _, _, ok, n = inner
+      return (~ok) & (n < 30)
+
+    def shrink(inner):
+      _, s, _, n = inner
+      s = s / 2
+      new, ok = try_step(s)
+      return new, s, ok, n + 1
+
+    new, ok = try_step(step)
+    new, step, ok, _ = jax.lax.while_loop(cond, shrink, (new, step, ok, 0))
+    # Try a longer step next time, within bounds that keep w - s∇f finite.
+    return jnp.where(ok, new, w), jnp.clip(step * 2, 1e-12, 1e6)
+
+  w, _ = jax.lax.fori_loop(0, maxiter, body, (b, jnp.asarray(1.0, dtype)))
+  gw_norm = jnp.sqrt(jnp.maximum(w @ a @ w, 0.0) + _EPS)
+  lam = b + radius / gw_norm * w
+  if rescale:
+    lam = lam / (1.0 + c ** 2)
+  return lam

@@ -1,0 +1,150 @@
+"""Shared property tests over every aggregator of the package."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fairgrad_jax
+import _asserts
+
+# name -> (factory(K), degree of homogeneity, deterministic, non-conflicting)
+METHODS = {
+    "linear_scalarization": (
+        lambda k: fairgrad_jax.linear_scalarization(num_tasks=k), 1.0, True,
+        False),
+    "fairgrad_1": (lambda k: fairgrad_jax.fairgrad(1.0, num_tasks=k), 0.0,
+                   True, True),
+    "fairgrad_2": (lambda k: fairgrad_jax.fairgrad(2.0, num_tasks=k),
+                   -1.0 / 3.0, True, True),
+    "mgda": (lambda k: fairgrad_jax.mgda(num_tasks=k), 1.0, True, True),
+    "mgda_l2": (lambda k: fairgrad_jax.mgda("l2", num_tasks=k), 1.0, True,
+                False),
+    "mgda_loss+": (lambda k: fairgrad_jax.mgda("loss+", num_tasks=k), 1.0,
+                   True, False),
+    "pcgrad": (lambda k: fairgrad_jax.pcgrad(num_tasks=k), 1.0, False, False),
+    "cagrad": (lambda k: fairgrad_jax.cagrad(num_tasks=k), 1.0, True, False),
+    "imtl_g": (lambda k: fairgrad_jax.imtl_g(num_tasks=k), 1.0, True, False),
+    "nash_mtl": (lambda k: fairgrad_jax.nash_mtl(num_tasks=k), 0.0, True,
+                 True),
+    "graddrop": (lambda k: fairgrad_jax.graddrop(num_tasks=k), 1.0, False,
+                 False),
+    "rlw": (lambda k: fairgrad_jax.rlw(num_tasks=k), 1.0, False, False),
+    "dwa": (lambda k: fairgrad_jax.dwa(num_tasks=k), 1.0, True, False),
+    "uw": (lambda k: fairgrad_jax.uw(num_tasks=k), 1.0, True, False),
+    "scale_invariant": (
+        lambda k: fairgrad_jax.scale_invariant(num_tasks=k), 1.0, True, False),
+    "famo": (lambda k: fairgrad_jax.famo(num_tasks=k), 1.0, True, False),
+}
+NAMES = sorted(METHODS)
+DETERMINISTIC = [n for n in NAMES if METHODS[n][2]]
+NON_CONFLICTING = [n for n in NAMES if METHODS[n][3]]
+# Frank–Wolfe stops on a weight change of 1e-5, not at the exact optimum.
+RTOL = {"mgda": 1e-3, "mgda_l2": 1e-3, "mgda_loss+": 1e-3, "cagrad": 1e-3}
+
+K = 3
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(name, k):
+  """One aggregator and one jitted update per (method, K), shared by tests."""
+  agg = METHODS[name][0](k)
+  return agg, jax.jit(agg.update)
+
+
+def _losses_seq(k):
+  base = np.linspace(1.0, 2.0, k).astype(np.float32)
+  return [jnp.asarray(base * f) for f in (1.0, 0.8, 0.7)]
+
+
+def stepper(name):
+  def step(grads, losses_seq):
+    k = jax.tree.leaves(grads)[0].shape[0]
+    agg, update = _jitted(name, k)
+    state = agg.init(None)
+    out = None
+    for losses in losses_seq:
+      out, state = update(grads, state, losses=losses)
+    return out, state
+  return step
+
+
+GRADS = _asserts.random_grads(jax.random.PRNGKey(0), K)
+LOSSES = _losses_seq(K)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_structure_and_finite(name):
+  _asserts.assert_structure(stepper(name), GRADS, LOSSES)
+  _asserts.assert_finite(stepper(name), GRADS, LOSSES)
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_permutation_equivariance(name):
+  _asserts.assert_permutation_equivariant(
+      stepper(name), GRADS, LOSSES, np.array([2, 0, 1]),
+      rtol=RTOL.get(name, 1e-4))
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e-3, 1e3, 1e12])
+@pytest.mark.parametrize("name", NAMES)
+def test_scaling(name, scale):
+  # Same PRNG keys on both sides: random methods are homogeneous too.
+  _asserts.assert_scaling(stepper(name), GRADS, LOSSES, METHODS[name][1],
+                          scale, rtol=RTOL.get(name, 1e-4))
+
+
+@pytest.mark.parametrize("name", NON_CONFLICTING)
+def test_non_conflicting(name):
+  _asserts.assert_non_conflicting(stepper(name), GRADS, LOSSES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_gradient_task(name):
+  grads = jax.tree.map(lambda x: x.at[1].set(0.0), GRADS)
+  _asserts.assert_finite(stepper(name), grads, LOSSES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_all_zero_gradients(name):
+  grads = jax.tree.map(jnp.zeros_like, GRADS)
+  _asserts.assert_finite(stepper(name), grads, LOSSES)
+  _asserts.assert_zero(stepper(name), grads, LOSSES)
+
+
+@pytest.mark.parametrize("kind", ["sum", "opposite", "duplicate"])
+@pytest.mark.parametrize("name", NAMES)
+def test_rank_deficient(name, kind):
+  def make(x):
+    if kind == "sum":  # g_3 = g_1 + g_2: rank 2
+      return x.at[2].set(x[0] + x[1])
+    if kind == "opposite":  # g_2 = -g_1: a Pareto-stationary point
+      return x.at[1].set(-x[0])
+    return x.at[1].set(x[0])  # two identical tasks
+  grads = jax.tree.map(make, GRADS)
+  _asserts.assert_finite(stepper(name), grads, LOSSES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_single_task(name):
+  grads = _asserts.random_grads(jax.random.PRNGKey(1), 1)
+  _asserts.assert_structure(stepper(name), grads, _losses_seq(1))
+  _asserts.assert_single_task_parallel(stepper(name), grads, _losses_seq(1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_repr_names_the_method(name):
+  agg = METHODS[name][0](K)
+  assert repr(agg).startswith(name.split("_")[0] if name.startswith(
+      ("fairgrad", "mgda")) else name)
+  assert f"num_tasks={K}" in repr(agg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_bfloat16(name):
+  grads = jax.tree.map(lambda x: x.astype(jnp.bfloat16), GRADS)
+  _asserts.assert_structure(stepper(name), grads, LOSSES)
+  _asserts.assert_finite(stepper(name), grads, LOSSES)
