@@ -1,0 +1,180 @@
+"""FairGrad's weight solve: jitted JAX (jaxopt LM) against the authors' scipy call.
+
+For K in {2, 5, 10, 40} and α in {1, 2, 5}, both solvers get the same Gram
+matrices (of 512-dimensional Gaussian task gradients whose norms spread over
+two decades). The authors' call is
+``scipy.optimize.least_squares(lambda x: A @ x - (1/x)**(1/α), ones(K)/K,
+bounds=(0, inf))`` on a float32 Gram matrix, as in their
+``methods/weight_methods.py``. Times are medians per solve: JAX after
+warm-up, with ``block_until_ready``, including the dispatch of one jitted call.
+Residuals are ‖GᵀG w - w^(-1/α)‖ / ‖w^(-1/α)‖ in float64; we report the
+median and the worst over the matrices.
+
+A second table times a training-like sequence: a Gram matrix drifting slowly
+over 100 steps, solved cold (the default start) and warm-started from the
+previous step's weights, as ``fairgrad(num_tasks=K)`` does.
+
+Residuals: JAX solves in float32 by default, where round-off bounds the
+relative residual near 1e-6; scipy works in float64. ``--x64`` enables JAX's
+float64 mode and solves float64 Gram matrices to tol 1e-12, for residuals
+comparable with scipy's.
+
+Usage:
+``python -m benchmarks.solver_speed [--repeats 20] [--x64] [--out results/]``
+"""
+
+import argparse
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import least_squares
+
+import fairgrad_jax as fj
+
+KS = (2, 5, 10, 40)
+ALPHAS = (1.0, 2.0, 5.0)
+
+
+def gram_matrices(k, n, seed):
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    g = rng.normal(size=(k, 512)) * np.logspace(-1, 1, k)[:, None]
+    out.append((g @ g.T).astype(np.float32))
+  return out
+
+
+def scipy_weights(gram, alpha):
+  """The authors' exact call (FairGrad repo, methods/weight_methods.py)."""
+  a = np.asarray(gram, np.float32)
+  k = a.shape[0]
+  res = least_squares(lambda x: a @ x - np.power(1 / x, 1 / alpha),
+                      np.ones(k) / k, bounds=(0, np.inf))
+  return res.x
+
+
+def rel_residual(gram, w, alpha):
+  gram, w = np.asarray(gram, np.float64), np.asarray(w, np.float64)
+  target = w ** (-1.0 / alpha)
+  return float(np.linalg.norm(gram @ w - target) / np.linalg.norm(target))
+
+
+def timed(fn, *args):
+  t0 = time.perf_counter()
+  out = fn(*args)
+  jax.block_until_ready(out)
+  return time.perf_counter() - t0, out
+
+
+TOL = 1e-5  # set to 1e-12 by --x64
+
+
+def solver_table(repeats):
+  rows = []
+  for k in KS:
+    grams = gram_matrices(k, repeats, seed=k)
+    for alpha in ALPHAS:
+      solve = jax.jit(lambda a, alpha=alpha: fj.fairgrad_solve(a, alpha,
+                                                               tol=TOL))
+      jax.block_until_ready(solve(grams[0]))  # compile
+      jax_times, jax_res, iters, sp_times, sp_res = [], [], [], [], []
+      for a in grams:
+        dev = jnp.asarray(a, jnp.float64 if TOL < 1e-7 else jnp.float32)
+        t, sol = timed(solve, dev)
+        jax_times.append(t)
+        jax_res.append(rel_residual(a, sol.weights, alpha))
+        iters.append(int(sol.num_iterations))
+        t0 = time.perf_counter()
+        w = scipy_weights(a, alpha)
+        sp_times.append(time.perf_counter() - t0)
+        sp_res.append(rel_residual(a, w, alpha))
+      tj, ts = statistics.median(jax_times), statistics.median(sp_times)
+      rows.append((k, alpha, ts * 1e3, tj * 1e3, ts / tj,
+                   statistics.median(iters), statistics.median(sp_res),
+                   max(sp_res), statistics.median(jax_res), max(jax_res)))
+  header = ("| K | α | scipy (ms) | jax (ms) | speed-up | LM iters | "
+            "scipy resid (median / max) | jax resid (median / max) |\n"
+            "|---|---|---|---|---|---|---|---|")
+  lines = [header] + [
+      f"| {k} | {a:g} | {ts:.2f} | {tj:.3f} | {r:.0f}× | {it:.0f} | "
+      f"{sm:.1e} / {sx:.1e} | {jm:.1e} / {jx:.1e} |"
+      for k, a, ts, tj, r, it, sm, sx, jm, jx in rows
+  ]
+  return "\n".join(lines)
+
+
+def warm_start_table(steps):
+  lines = ["| K | α | cold (ms) | warm (ms) | cold iters | warm iters | "
+           "scipy (ms) | warm resid (max) |", "|---|---|---|---|---|---|---|---|"]
+  for k in (10, 40):
+    rng = np.random.default_rng(100 + k)
+    g = rng.normal(size=(k, 512)) * np.logspace(-1, 1, k)[:, None]
+    drift = rng.normal(size=(k, 512))
+    grams = []
+    for t in range(steps):  # a gradient field moving by ~0.1% per step
+      gt = g + 1e-3 * t * drift * np.linalg.norm(g, axis=1, keepdims=True) / 22
+      grams.append((gt @ gt.T).astype(np.float32))
+    for alpha in (1.0, 2.0):
+      solve = jax.jit(lambda a, w, alpha=alpha: fj.fairgrad_solve(
+          a, alpha, init=w, tol=TOL))
+      w = jnp.zeros((k,))  # zeros: no previous weights, a cold start
+      jax.block_until_ready(solve(grams[0], w))
+      cold_t, warm_t, cold_i, warm_i, res, sp_t = [], [], [], [], [], []
+      for a in grams:
+        t, cold = timed(solve, a, jnp.zeros((k,)))
+        cold_t.append(t)
+        cold_i.append(int(cold.num_iterations))
+        t, warm = timed(solve, a, w)
+        warm_t.append(t)
+        warm_i.append(int(warm.num_iterations))
+        res.append(rel_residual(a, warm.weights, alpha))
+        w = warm.weights
+        t0 = time.perf_counter()
+        scipy_weights(a, alpha)
+        sp_t.append(time.perf_counter() - t0)
+      lines.append(
+          f"| {k} | {alpha:g} | {statistics.median(cold_t) * 1e3:.3f} | "
+          f"{statistics.median(warm_t) * 1e3:.3f} | "
+          f"{statistics.median(cold_i):.0f} | {statistics.median(warm_i):.0f}"
+          f" | {statistics.median(sp_t) * 1e3:.2f} | {max(res):.1e} |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=int, default=20,
+                      help="Gram matrices per (K, α)")
+  parser.add_argument("--steps", type=int, default=100,
+                      help="length of the drifting sequence")
+  parser.add_argument("--x64", action="store_true",
+                      help="solve in float64 to tol 1e-12")
+  parser.add_argument("--out", type=pathlib.Path, default=None,
+                      help="folder for solver_speed.md")
+  args = parser.parse_args()
+  global TOL
+  if args.x64:
+    jax.config.update("jax_enable_x64", True)
+    TOL = 1e-12
+  device = jax.devices()[0]
+  precision = "float64" if args.x64 else "float32"
+  title = (f"FairGrad weight solve on {device.platform} ({device.device_kind}),"
+           f" {precision}")
+  print(title, flush=True)
+  table1 = solver_table(args.repeats)
+  print(table1, flush=True)
+  table2 = warm_start_table(args.steps)
+  print("\nSlowly drifting Gram matrices (training-like), per step:")
+  print(table2)
+  if args.out is not None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "solver_speed_x64.md" if args.x64 else "solver_speed.md"
+    (args.out / name).write_text(
+        f"# {title}\n\n{table1}\n\n## Warm start\n\n{table2}\n")
+
+
+if __name__ == "__main__":
+  main()
