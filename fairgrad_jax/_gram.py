@@ -13,6 +13,9 @@ import jax.numpy as jnp
 Mask = Any  # a pytree of bools, a prefix of it, a callable returning one, None
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+# Largest |log2| of the largest gradient entry for which the Gram matrix is
+# formed from the gradients as they are (no scaled copy).
+_DIRECT_RANGE = 40
 
 
 def num_tasks_of(stacked_grads) -> int:
@@ -105,16 +108,25 @@ def scaled_gram(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
   log2_sigma = jnp.where(
       finite_positive, jnp.round(jnp.log2(jnp.where(finite_positive, max_abs,
                                                     1.0))), 0.0)
-  inv_sigma = jnp.exp2(-log2_sigma)
-  gram = sum(
-      jnp.einsum(
-          "i...,j...->ij",
-          x.astype(dtype) * inv_sigma,
-          x.astype(dtype) * inv_sigma,
-          precision=_HIGHEST,
-      )
-      for x in leaves
-  )
+
+  def gram_of(scale):
+    return sum(
+        jnp.einsum("i...,j...->ij", scale(x), scale(x), precision=_HIGHEST,
+                   preferred_element_type=dtype)
+        for x in leaves
+    )
+
+  def direct():
+    # Products of entries below 2^40 cannot overflow: no scaled copy of the
+    # gradients is needed; scaling the K×K result by 4^-e is exact.
+    return gram_of(lambda x: x) * jnp.exp2(-2 * log2_sigma)
+
+  def scaled():
+    inv_sigma = jnp.exp2(-log2_sigma)
+    return gram_of(lambda x: x.astype(dtype) * inv_sigma)
+
+  in_range = (jnp.abs(log2_sigma) <= _DIRECT_RANGE) | ~finite_positive
+  gram = jax.lax.cond(in_range, direct, scaled)
   return gram, log2_sigma
 
 
