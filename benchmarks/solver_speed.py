@@ -117,7 +117,8 @@ def warm_start_table(steps):
     grams = []
     for t in range(steps):  # a gradient field moving by ~0.1% per step
       gt = g + 1e-3 * t * drift * np.linalg.norm(g, axis=1, keepdims=True) / 22
-      grams.append((gt @ gt.T).astype(np.float32))
+      grams.append(jnp.asarray((gt @ gt.T).astype(np.float32),
+                               jnp.float64 if TOL < 1e-7 else jnp.float32))
     for alpha in (1.0, 2.0):
       solve = jax.jit(lambda a, w, alpha=alpha: fj.fairgrad_solve(
           a, alpha, init=w, tol=TOL))
@@ -134,7 +135,7 @@ def warm_start_table(steps):
         res.append(rel_residual(a, warm.weights, alpha))
         w = warm.weights
         t0 = time.perf_counter()
-        scipy_weights(a, alpha)
+        scipy_weights(np.asarray(a), alpha)
         sp_t.append(time.perf_counter() - t0)
       lines.append(
           f"| {k} | {alpha:g} | {statistics.median(cold_t) * 1e3:.3f} | "
