@@ -32,8 +32,15 @@ from fairgrad_jax._weighting.mgda import mgda_weights
 from fairgrad_jax._weighting.mgda import MGDASolution
 from fairgrad_jax._weighting.nash_mtl import nash_mtl_weights
 from fairgrad_jax._weighting.pcgrad import pcgrad_weights
+from fairgrad_jax._autogram import weighted_grad
+from fairgrad_jax._autogram import WeightedGrad
 from fairgrad_jax._gram import gram_matrix
 from fairgrad_jax._losses import fair_loss
+from fairgrad_jax._representation import representation_grad
+from fairgrad_jax._sharding import data_mesh
+from fairgrad_jax._sharding import data_parallel
+from fairgrad_jax._sharding import replicate
+from fairgrad_jax._sharding import shard_batch
 from fairgrad_jax._weighting.fairgrad import fairgrad_solve
 from fairgrad_jax._weighting.fairgrad import fairgrad_weights
 from fairgrad_jax._weighting.fairgrad import FairGradSolution
@@ -66,10 +73,17 @@ __all__ = [
     "AggregatorState",
     "FairGradInfo",
     "FairGradSolution",
+    "WeightedGrad",
+    "data_mesh",
+    "data_parallel",
     "fair_loss",
     "fairgrad",
     "fairgrad_solve",
     "fairgrad_weights",
     "gram_matrix",
     "linear_scalarization",
+    "replicate",
+    "representation_grad",
+    "shard_batch",
+    "weighted_grad",
 ]

@@ -1,0 +1,355 @@
+"""Gram-only weighted gradients: Σ_i w_i g_i without the K×P Jacobian.
+
+Stacking K per-task gradients costs K copies of the model's gradient. Every
+Gram-based method only needs the (K, K) matrix GᵀG = J Jᵀ (J the Jacobian of
+the K losses with respect to the parameters) and then the update
+d = Jᵀ w = Σ_i w_i g_i, which is *one* vector-Jacobian product with cotangent
+w. This module forms J Jᵀ in chunks of ``chunk_size`` tasks, holding at most
+O(chunk_size · P) gradient entries at a time, in one of two ways:
+
+* ``mode="jvp"`` (default): for each chunk C of tasks, the rows V = J_C
+  (a vmapped VJP of one-hot cotangents), then the columns (J Jᵀ)_{:,C} = J Vᵀ
+  (a vmapped JVP). One linearization of the losses serves every product and
+  the final update: cost ≈ 1 forward pass + K VJPs + K JVPs + 1 VJP, memory
+  O(chunk_size · P) plus the activations. Needs forward-mode differentiable
+  losses; the products J Vᵀ run at the model's own matmul precision (on
+  GPU/TPU, f32 matmuls default to TF32/bf16 passes, about 1e-3 relative error
+  in GᵀG; trace the step under ``jax.default_matmul_precision("highest")``
+  or use ``mode="vjp"`` when that matters).
+* ``mode="vjp"``: reverse mode only. Blocks (J Jᵀ)_{AB} = J_A J_Bᵀ for chunk
+  pairs A <= B, each an explicit ``einsum`` at ``Precision.HIGHEST`` in at
+  least float32; cost ≈ n + n(n-1)/2 chunked VJPs for n = ⌈K/chunk_size⌉
+  chunks, memory O(2 · chunk_size · P).
+
+Both loop over chunks with ``lax.scan``/``lax.map``, so XLA cannot schedule
+the chunks side by side; ``chunk_size=K`` is the fastest, ``chunk_size=1``
+the leanest. This is TorchJD's "autogram" idea (Gramian-only engine) in JAX.
+
+Range: a product that overflows or underflows is recomputed on gradients
+divided by a power of two (exact), and in ``mode="jvp"`` the tangents are
+always so divided; the Gram matrix itself is returned unscaled, which in
+float32 holds gradient norms from about 1e-18 to 1e18 (``weights_fn`` sees
+the true GᵀG, so any weighting can be plugged in).
+"""
+
+import inspect
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fairgrad_jax import _gram
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+_MODES = ("jvp", "vjp")
+
+
+class WeightedGrad(NamedTuple):
+  """What a :func:`weighted_grad` function returns (unpacks as a 3-tuple).
+
+  Attributes:
+    losses: (K,) task losses at the params.
+    update: Σ_i w_i g_i, a pytree like the params (their dtypes). Descend
+      along it (pass it to an optax optimizer as the gradient).
+    weights: (K,) weights w (float32, float64 with x64); pass them back as
+      ``init=`` to warm-start the next solve.
+  """
+
+  losses: jax.Array
+  update: Any
+  weights: jax.Array
+
+
+def check_options(chunk_size, mode):
+  if chunk_size is not None and (
+      not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
+      or chunk_size < 1):
+    raise ValueError(
+        f"chunk_size must be a positive int or None (all tasks in one chunk),"
+        f" got {chunk_size!r}.")
+  if mode not in _MODES:
+    raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
+
+
+def _pow2_scale(leaves, dtype):
+  """e = log2 σ, σ the power of two nearest max |leaves| (0 if 0 or inf)."""
+  max_abs = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(dtype)
+                               for x in leaves]))
+  ok = jnp.isfinite(max_abs) & (max_abs > 0)
+  e = jnp.where(ok, jnp.round(jnp.log2(jnp.where(ok, max_abs, 1.0))), 0.0)
+  return e
+
+
+def _flat(x):
+  """(chunk, ...) -> (chunk, size): a 2-D product is a plain GEMM for XLA."""
+  return x.reshape(x.shape[0], -1)
+
+
+def _one_hot_chunks(k, chunk, dtype):
+  """(n, chunk, K) one-hot cotangents; padding rows (tasks >= K) are zero."""
+  n = -(-k // chunk)
+  eye = jnp.eye(n * chunk, k, dtype=dtype)
+  return eye.reshape(n, chunk, k), n
+
+
+def _masked(tree, mask):
+  """The leaves of ``tree`` marked by ``mask`` (a list of bools)."""
+  return [x for x, m in zip(jax.tree.leaves(tree), mask) if m]
+
+
+def block_product(a_leaves, b_leaves, dtype):
+  """Σ_leaves A Bᵀ for (chunk, ...) leaves, in ``dtype`` at HIGHEST precision.
+
+  The plain product is used when it is safely in range (the common case);
+  otherwise (an overflow, or squared norms below 2^-100 where float32 loses
+  digits) it is recomputed on the gradients divided by a power of two σ,
+  which is exact, and multiplied back by σ².
+  """
+
+  same = a_leaves is b_leaves  # a diagonal block: one operand, one copy
+
+  def product(scale_exp):
+    out = 0.0
+    for x, y in zip(a_leaves, b_leaves):
+      x = _flat(x).astype(dtype) * jnp.exp2(-scale_exp)
+      y = x if same else _flat(y).astype(dtype) * jnp.exp2(-scale_exp)
+      out = out + jnp.dot(x, y.T, precision=_HIGHEST)
+    return out * jnp.exp2(2 * scale_exp)
+
+  def rescaled():
+    e = _pow2_scale(a_leaves, dtype)
+    if not same:
+      e = jnp.maximum(e, _pow2_scale(b_leaves, dtype))
+    return product(e)
+
+  plain = product(jnp.zeros((), dtype))
+  small = jnp.exp2(jnp.asarray(-100.0, dtype))
+  # Exact zeros pass (orthogonal or zero gradients) unless every entry is
+  # zero, which may be an underflow of tiny gradients.
+  in_range = (jnp.all(jnp.isfinite(plain))
+              & jnp.all((jnp.abs(plain) >= small) | (plain == 0))
+              & (jnp.max(jnp.abs(plain)) >= small))
+  return jax.lax.cond(in_range, lambda: plain, rescaled)
+
+
+def gram_from_vjp(vjp_fn, k, loss_dtype, mask, *, chunk_size=None,
+                  jvp_fn=None, params=None):
+  """(K, K) Gram matrix J Jᵀ of a linearized function, chunk by chunk.
+
+  Args:
+    vjp_fn: cotangent (K,) -> pytree like the params (a VJP of the losses).
+    k: number of losses K.
+    loss_dtype: dtype of the losses (of the cotangents).
+    mask: one static bool per params leaf: does it enter the Gram matrix?
+    chunk_size: tasks per chunk (None: all K at once).
+    jvp_fn: tangent pytree -> (K,) (the JVP of the same linearization); when
+      given, ``mode="jvp"`` is used, else the block pairs of ``mode="vjp"``.
+    params: a pytree like the params (for the tangent structure, jvp mode).
+
+  Returns:
+    The Gram matrix in at least float32.
+  """
+  chunk = k if chunk_size is None else min(chunk_size, k)
+  cotangents, n = _one_hot_chunks(k, chunk, loss_dtype)
+
+  def rows(ct):  # (chunk, K) -> leaves (chunk, ...)
+    return jax.tree.leaves(jax.vmap(vjp_fn)(ct))
+
+  probe = jax.eval_shape(rows, cotangents[0])
+  dtype = _gram.solve_dtype(_masked(probe, mask))
+
+  if jvp_fn is not None:
+    treedef = jax.tree.structure(params)
+
+    def columns(ct):
+      leaves = rows(ct)
+      e = _pow2_scale(_masked(leaves, mask), dtype)
+      inv = jnp.exp2(-e)
+      # Tangents: the chunk's gradients / σ on the shared leaves, 0 elsewhere.
+      tangents = [(x * inv.astype(x.dtype)) if m else jnp.zeros_like(x)
+                  for x, m in zip(leaves, mask)]
+      cols = jax.vmap(jvp_fn)(jax.tree.unflatten(treedef, tangents))
+      return cols.astype(dtype) * jnp.exp2(e)  # (chunk, K) = (J J_Cᵀ)ᵀ
+
+    cols = jax.lax.map(columns, cotangents)  # (n, chunk, K)
+    gram = cols.reshape(n * chunk, k)[:k]
+    return 0.5 * (gram + gram.T)
+
+  if n == 1:  # one chunk: a single product, no loop
+    leaves = _masked(rows(cotangents[0]), mask)
+    gram = block_product(leaves, leaves, dtype)[:k, :k]
+    return 0.5 * (gram + gram.T)
+
+  def block(a_leaves, b_leaves):
+    a_masked = _masked(a_leaves, mask)
+    b_masked = a_masked if b_leaves is a_leaves else _masked(b_leaves, mask)
+    return block_product(a_masked, b_masked, dtype)
+
+  def outer(a):
+    a_leaves = rows(cotangents[a])
+
+    def inner(b):
+      # Only the upper triangle is computed; b == a reuses the chunk's rows.
+      return jax.lax.switch(
+          jnp.sign(b - a) + 1,
+          [lambda: jnp.zeros((chunk, chunk), dtype),
+           lambda: block(a_leaves, a_leaves),
+           lambda: block(a_leaves, rows(cotangents[b]))])
+
+    return jax.lax.map(inner, jnp.arange(n))  # (n, chunk, chunk)
+
+  blocks = jax.lax.map(outer, jnp.arange(n))  # (n_a, n_b, chunk, chunk)
+  upper = blocks.transpose(0, 2, 1, 3).reshape(n * chunk, n * chunk)[:k, :k]
+  # Off-diagonal chunks were computed once; diagonal ones are symmetric.
+  chunk_of = jnp.arange(k) // chunk
+  diag_chunks = chunk_of[:, None] == chunk_of[None, :]
+  return jnp.where(diag_chunks, 0.5 * (upper + upper.T), upper + upper.T)
+
+
+def accepts_init(weights_fn) -> bool:
+  """Whether ``weights_fn`` takes an ``init`` keyword (warm start)."""
+  try:
+    params = inspect.signature(weights_fn).parameters
+  except (TypeError, ValueError):
+    return False
+  return "init" in params or any(
+      p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def call_weights_fn(weights_fn, gram, init, k):
+  """Runs ``weights_fn(gram[, init=init])`` and checks its (K,) output."""
+  if init is not None:
+    if not accepts_init(weights_fn):
+      raise ValueError(
+          "init= was given but weights_fn does not take an `init` keyword;"
+          " use e.g. functools.partial(fairgrad_jax.fairgrad_weights,"
+          " alpha=2.0), or leave init out.")
+    weights = weights_fn(gram, init=jnp.asarray(init, gram.dtype))
+  else:
+    weights = weights_fn(gram)
+  weights = getattr(weights, "weights", weights)  # e.g. a FairGradSolution
+  weights = jnp.asarray(weights)
+  if weights.shape != (k,):
+    raise ValueError(
+        f"weights_fn must map a ({k}, {k}) Gram matrix to ({k},) weights; got"
+        f" shape {weights.shape}.")
+  return jax.lax.stop_gradient(weights.astype(gram.dtype))
+
+
+def check_losses(losses):
+  if jnp.ndim(losses) != 1:
+    raise ValueError(
+        "losses_fn must return a vector of K task losses, got shape"
+        f" {jnp.shape(losses)}.")
+  return losses.shape[0]
+
+
+def weighted_grad(
+    losses_fn: Callable[..., jax.Array],
+    weights_fn: Callable[..., jax.Array],
+    *,
+    chunk_size: int | None = None,
+    mode: str = "jvp",
+    shared: _gram.Mask = None,
+    weight_heads: bool = True,
+) -> Callable[..., WeightedGrad]:
+  r"""Σ_i w_i ∇l_i with w = weights_fn(GᵀG), without stacking the gradients.
+
+  Returns ``grad_fn(params, *args, init=None) -> WeightedGrad(losses, update,
+  weights)``. ``losses_fn(params, *args)`` returns the (K,) task losses; the
+  extra arguments (batch, PRNG key...) pass through. The function:
+
+  1. linearizes the losses once (one forward pass);
+  2. forms GᵀG = J Jᵀ, J = ∂l/∂params, ``chunk_size`` tasks at a time (see
+     the module docstring for ``mode``), never holding the K×P Jacobian;
+  3. solves ``w = weights_fn(GᵀG)`` (weights are constants: stop_gradient);
+  4. returns ``update = Jᵀ w = Σ_i w_i g_i``, one more VJP of the same
+     linearization.
+
+  It is a pure function: wrap it in ``jax.jit``. Under ``jit`` with a batch
+  sharded over devices, the per-task gradients are means over the whole
+  batch, so XLA averages them across shards before the Gram matrix (see
+  :func:`data_parallel`).
+
+  Args:
+    losses_fn: ``(params, *args) -> (K,)`` task losses.
+    weights_fn: ``gram -> (K,)`` weights, e.g.
+      ``functools.partial(fairgrad_weights, alpha=2.0)`` or any Gram-based
+      weighting (MGDA, Nash-MTL...). If it takes an ``init`` keyword, the
+      caller can warm-start it with ``grad_fn(params, ..., init=weights)``
+      (FairGrad's solve converges in a few iterations from the previous
+      step's weights). It may also return an object with a ``.weights``
+      field (e.g. a :class:`FairGradSolution`). A weighting that needs a
+      PRNG key (PCGrad) is bound inside the jitted step:
+      ``weighted_grad(losses_fn, partial(pcgrad_weights, key=key))(params,
+      batch)`` (building the function is free).
+    chunk_size: tasks whose gradients are held at once (None: all K, the
+      fastest; 1: the leanest, about one extra gradient of memory).
+    mode: ``"jvp"`` (VJP/JVP pairs, linear in K) or ``"vjp"`` (reverse mode
+      only, explicit float32 HIGHEST-precision products, quadratic in
+      K/chunk_size).
+    shared: which params leaves enter the Gram matrix: None (all), a pytree
+      of bools like the params or a prefix of it, or a callable returning one
+      from the params (as in :func:`fairgrad`).
+    weight_heads: if True (default) every leaf gets Σ_i w_i g_i, the gradient
+      of Σ_i w_i l_i. If False, leaves outside ``shared`` (task heads) get
+      the plain Σ_i g_i, as the :func:`fairgrad` aggregator gives them (one
+      more VJP).
+
+  Returns:
+    ``grad_fn(params, *args, init=None)`` returning a :class:`WeightedGrad`.
+
+  Examples:
+    >>> import functools, jax, jax.numpy as jnp
+    >>> import fairgrad_jax
+    >>> def losses(params, x):  # three tasks sharing a linear map
+    ...   y = x @ params["w"]
+    ...   return jnp.mean((y - jnp.arange(3.0)) ** 2, axis=0)
+    >>> params = {"w": jnp.ones((4, 3))}
+    >>> x = jnp.arange(8.0).reshape(2, 4) / 8
+    >>> grad_fn = jax.jit(fairgrad_jax.weighted_grad(
+    ...     losses, functools.partial(fairgrad_jax.fairgrad_weights, alpha=2.0),
+    ...     chunk_size=1))
+    >>> out = grad_fn(params, x)
+    >>> stacked = jax.jacrev(losses)(params, x)["w"]  # (K, 4, 3), to compare
+    >>> gram = jnp.einsum("kij,lij->kl", stacked, stacked)
+    >>> w = fairgrad_jax.fairgrad_weights(gram, alpha=2.0)
+    >>> bool(jnp.allclose(out.update["w"], jnp.tensordot(w, stacked, 1),
+    ...                   rtol=1e-4))
+    True
+    >>> out = grad_fn(params, x, init=out.weights)  # warm start
+
+  References:
+    Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024,
+    arXiv:2402.15638. TorchJD's Gramian-based engine ("autogram"),
+    https://github.com/TorchJD/torchjd.
+  """
+  check_options(chunk_size, mode)
+  if not callable(losses_fn) or not callable(weights_fn):
+    raise ValueError("losses_fn and weights_fn must be callables.")
+
+  def grad_fn(params, *args, init=None):
+    fn = lambda p: losses_fn(p, *args)
+    mask = _gram.shared_leaves(shared, params)
+    if mode == "jvp":
+      losses, jvp_fn = jax.linearize(fn, params)
+      vjp_fn = jax.linear_transpose(jvp_fn, params)
+      vjp_fn1 = lambda ct: vjp_fn(ct)[0]
+    else:
+      losses, vjp_fn = jax.vjp(fn, params)
+      jvp_fn = None
+      vjp_fn1 = lambda ct: vjp_fn(ct)[0]
+    k = check_losses(losses)
+    gram = gram_from_vjp(vjp_fn1, k, losses.dtype, mask,
+                         chunk_size=chunk_size, jvp_fn=jvp_fn, params=params)
+    weights = call_weights_fn(weights_fn, gram, init, k)
+    update = vjp_fn1(weights.astype(losses.dtype))
+    if not weight_heads and not all(mask):
+      plain = vjp_fn1(jnp.ones_like(losses))
+      update = jax.tree.unflatten(
+          jax.tree.structure(update),
+          [u if m else s for u, s, m in zip(
+              jax.tree.leaves(update), jax.tree.leaves(plain), mask)])
+    return WeightedGrad(losses=losses, update=update, weights=weights)
+
+  return grad_fn
