@@ -23,6 +23,36 @@ class FairGradInfo(NamedTuple):
   relative_residual: jax.Array
 
 
+def fairgrad_weighting_of(alpha, *, maxiter, tol, regularization,
+                          weight_heads=False) -> base.Weighting:
+  """The :class:`base.Weighting` of FairGrad at α (shared with Nash-MTL)."""
+  if not (isinstance(maxiter, int) and maxiter >= 1):
+    raise ValueError(f"maxiter must be a positive int, got {maxiter!r}.")
+  if not tol > 0:
+    raise ValueError(f"tol must be > 0, got {tol!r}.")
+  if regularization is not None and not regularization >= 0:
+    raise ValueError(f"regularization must be >= 0, got {regularization!r}.")
+
+  def init(num_tasks):
+    del num_tasks
+    return FairGradInfo(num_iterations=jnp.zeros((), jnp.int32),
+                        relative_residual=jnp.zeros((), jnp.float32))
+
+  def weights(gram, extra, *, init, losses):
+    del extra, losses
+    sol = fairgrad_weighting.fairgrad_solve(
+        gram, alpha, init=init, maxiter=maxiter, tol=tol,
+        regularization=regularization)
+    return sol.weights, FairGradInfo(
+        num_iterations=sol.num_iterations,
+        relative_residual=sol.relative_residual.astype(jnp.float32))
+
+  # w(cGᵀG) = c^(-α/(1+α)) w(GᵀG), so d(σG) = σ^((1-α)/(1+α)) d(G).
+  return base.Weighting(weights=weights, init=init,
+                        degree=(1.0 - alpha) / (1.0 + alpha),
+                        weight_heads=weight_heads, needs_gram=alpha > 0)
+
+
 def fairgrad(
     alpha: float = 1.0,
     *,
@@ -112,31 +142,8 @@ def fairgrad(
     arXiv:2402.15638 (Section 4, Algorithm 1).
   """
   alpha = fairgrad_weighting.check_alpha(alpha)
-  if not (isinstance(maxiter, int) and maxiter >= 1):
-    raise ValueError(f"maxiter must be a positive int, got {maxiter!r}.")
-  if not tol > 0:
-    raise ValueError(f"tol must be > 0, got {tol!r}.")
-  if regularization is not None and not regularization >= 0:
-    raise ValueError(f"regularization must be >= 0, got {regularization!r}.")
-
-  def init(num_tasks):
-    del num_tasks
-    return FairGradInfo(num_iterations=jnp.zeros((), jnp.int32),
-                        relative_residual=jnp.zeros((), jnp.float32))
-
-  def weights(gram, extra, *, init, losses):
-    del extra, losses
-    sol = fairgrad_weighting.fairgrad_solve(
-        gram, alpha, init=init, maxiter=maxiter, tol=tol,
-        regularization=regularization)
-    return sol.weights, FairGradInfo(
-        num_iterations=sol.num_iterations,
-        relative_residual=sol.relative_residual.astype(jnp.float32))
-
-  # w(cGᵀG) = c^(-α/(1+α)) w(GᵀG), so d(σG) = σ^((1-α)/(1+α)) d(G).
-  weighting = base.Weighting(weights=weights, init=init,
-                             degree=(1.0 - alpha) / (1.0 + alpha),
-                             needs_gram=alpha > 0)
+  weighting = fairgrad_weighting_of(alpha, maxiter=maxiter, tol=tol,
+                                    regularization=regularization)
   hyperparams = {"alpha": alpha} | base.common_hyperparams(
       num_tasks, shared, scale_by_num_tasks, max_norm)
   return base.weighted_aggregator(

@@ -5,14 +5,12 @@ Each is a Gram-matrix weighting (see ``fairgrad_jax._weighting``) wrapped by
 """
 
 import jax
-import jax.numpy as jnp
 from optax.experimental import aggregating
 
 from fairgrad_jax import _gram
 from fairgrad_jax._aggregation import base
-from fairgrad_jax._aggregation.fairgrad import FairGradInfo
+from fairgrad_jax._aggregation import fairgrad as fairgrad_agg
 from fairgrad_jax._weighting import cagrad as cagrad_weighting
-from fairgrad_jax._weighting import fairgrad as fairgrad_weighting
 from fairgrad_jax._weighting import imtl_g as imtl_g_weighting
 from fairgrad_jax._weighting import pcgrad as pcgrad_weighting
 
@@ -200,9 +198,9 @@ def nash_mtl(
     shared: _gram.Mask = None,
     scale_by_num_tasks: bool = False,
     max_norm: float | None = 1.0,
-    maxiter: int = 50,
+    maxiter: int = 100,
     tol: float = 1e-5,
-    regularization: float = 1e-6,
+    regularization: float | None = None,
 ) -> aggregating.Aggregator:
   r"""Nash-MTL: the Nash bargaining solution of the tasks.
 
@@ -242,33 +240,15 @@ def nash_mtl(
     Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya,
     "Multi-Task Learning as a Bargaining Game", ICML 2022, arXiv:2202.01017.
   """
-  if not (isinstance(maxiter, int) and maxiter >= 1):
-    raise ValueError(f"maxiter must be a positive int, got {maxiter!r}.")
-  if not tol > 0:
-    raise ValueError(f"tol must be > 0, got {tol!r}.")
-  if not regularization >= 0:
-    raise ValueError(f"regularization must be >= 0, got {regularization!r}.")
-
-  def init(num_tasks):
-    del num_tasks
-    return FairGradInfo(num_iterations=jnp.zeros((), jnp.int32),
-                        relative_residual=jnp.zeros((), jnp.float32))
-
-  def weights(gram, extra, *, init, losses):
-    del extra, losses
-    sol = fairgrad_weighting.fairgrad_solve(
-        gram, 1.0, init=init, maxiter=maxiter, tol=tol,
-        regularization=regularization)
-    return sol.weights, FairGradInfo(
-        num_iterations=sol.num_iterations,
-        relative_residual=sol.relative_residual.astype(jnp.float32))
-
-  # α(cGᵀG) = c^(-1/2) α(GᵀG): the update does not depend on the scale.
+  # α(cGᵀG) = c^(-1/2) α(GᵀG): the update does not depend on the scale
+  # (degree 0), and heads get Σ_i α_i g_i as in the authors' code.
+  weighting = fairgrad_agg.fairgrad_weighting_of(
+      1.0, maxiter=maxiter, tol=tol, regularization=regularization,
+      weight_heads=True)
   hyperparams = base.common_hyperparams(num_tasks, shared, scale_by_num_tasks,
                                         max_norm)
   return base.weighted_aggregator(
-      base.Weighting(weights=weights, init=init, degree=0.0,
-                     weight_heads=True),
+      weighting,
       name="nash_mtl", hyperparams=hyperparams, num_tasks=num_tasks,
       shared=shared, scale_by_num_tasks=scale_by_num_tasks,
       max_norm=max_norm)

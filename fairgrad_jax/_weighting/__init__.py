@@ -1,0 +1,1 @@
+"""Weightings: pure maps from a K×K Gram matrix to K task weights."""

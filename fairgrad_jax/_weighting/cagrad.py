@@ -14,6 +14,8 @@ update is Σ_i λ_i g_i with λ_i = (1/K + √φ w_i/‖g_w‖) / (1 + c²).
 import jax
 import jax.numpy as jnp
 
+from fairgrad_jax._weighting import _common
+
 # Relative smoothing of ‖g_w‖ (the authors' code adds 1e-8 in absolute terms).
 _EPS = 1e-8
 
@@ -62,12 +64,8 @@ def cagrad_weights(gram: jax.Array, c: float = 0.4, *, rescale: bool = True,
   """
   if not c >= 0:
     raise ValueError(f"c must be >= 0, got {c!r}.")
-  gram = jnp.asarray(gram)
-  if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-    raise ValueError(f"gram must be a (K, K) matrix, got shape {gram.shape}.")
-  gram = jax.lax.stop_gradient(gram)
-  dtype = jnp.promote_types(gram.dtype, jnp.float32)
-  gram = gram.astype(dtype)
+  gram = _common.as_gram(gram)
+  dtype = gram.dtype
   k = gram.shape[0]
   # The weights do not depend on the scale of G: work with max diag = 1.
   scale = jnp.max(jnp.diagonal(gram))

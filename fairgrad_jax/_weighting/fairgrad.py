@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from fairgrad_jax import _jaxopt
+from fairgrad_jax._weighting import _common
 
 # Below this fraction of the largest squared gradient norm, a task counts as
 # having a zero gradient. Norm ratios up to 1e15 stay in the solve.
@@ -161,16 +162,12 @@ def fairgrad_solve(
     arXiv:2402.15638, Section 4, eq. (4).
   """
   alpha = check_alpha(alpha)
-  gram = jnp.asarray(gram)
-  if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-    raise ValueError(f"gram must be a (K, K) matrix, got shape {gram.shape}.")
+  gram = _common.as_gram(gram)
+  dtype = gram.dtype
   if regularization is not None and not regularization >= 0:
     raise ValueError(f"regularization must be >= 0, got {regularization}.")
-  gram = jax.lax.stop_gradient(gram)
-  dtype = jnp.promote_types(gram.dtype, jnp.float32)
   if regularization is None:
     regularization = 10 * float(jnp.finfo(dtype).eps)
-  gram = gram.astype(dtype)
   k = gram.shape[0]
 
   if alpha == 0.0:

@@ -11,6 +11,8 @@ finite for dependent ones).
 import jax
 import jax.numpy as jnp
 
+from fairgrad_jax._weighting import _common
+
 
 def imtl_g_weights(gram: jax.Array) -> jax.Array:
   r"""IMTL-G weights from a Gram matrix: α ∝ (GᵀG)⁺ diag(GᵀG)^½, Σα = 1.
@@ -35,12 +37,7 @@ def imtl_g_weights(gram: jax.Array) -> jax.Array:
     Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial
     Multi-task Learning", ICLR 2021 (Section 3.2, IMTL-G).
   """
-  gram = jnp.asarray(gram)
-  if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-    raise ValueError(f"gram must be a (K, K) matrix, got shape {gram.shape}.")
-  gram = jax.lax.stop_gradient(gram)
-  dtype = jnp.promote_types(gram.dtype, jnp.float32)
-  gram = gram.astype(dtype)
+  gram = _common.as_gram(gram)
   scale = jnp.max(jnp.diagonal(gram))
   scale = jnp.where(scale > 0, scale, 1.0)
   a = gram / scale

@@ -14,6 +14,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fairgrad_jax._weighting import _common
+
 
 class MGDASolution(NamedTuple):
   """The weights and the solver's diagnostics.
@@ -82,12 +84,8 @@ def mgda_solve(gram: jax.Array, *, maxiter: int = 250, tol: float = 1e-5
     raise ValueError(f"maxiter must be an int >= 0, got {maxiter!r}.")
   if not tol > 0:
     raise ValueError(f"tol must be > 0, got {tol!r}.")
-  gram = jnp.asarray(gram)
-  if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-    raise ValueError(f"gram must be a (K, K) matrix, got shape {gram.shape}.")
-  gram = jax.lax.stop_gradient(gram)
-  dtype = jnp.promote_types(gram.dtype, jnp.float32)
-  gram = gram.astype(dtype)
+  gram = _common.as_gram(gram)
+  dtype = gram.dtype
   k = gram.shape[0]
   zero_it = jnp.zeros((), jnp.int32)
   if k == 1:

@@ -12,6 +12,8 @@ the update is Σ_m w_m g_m with w = 1ᵀC (as in TorchJD).
 import jax
 import jax.numpy as jnp
 
+from fairgrad_jax._weighting import _common
+
 
 def pcgrad_weights(gram: jax.Array, key: jax.Array) -> jax.Array:
   r"""PCGrad's weights on the original gradients, from GᵀG and a PRNG key.
@@ -38,12 +40,8 @@ def pcgrad_weights(gram: jax.Array, key: jax.Array) -> jax.Array:
     Yu, Kumar, Gupta, Levine, Hausman & Finn, "Gradient Surgery for
     Multi-Task Learning", NeurIPS 2020, arXiv:2001.06782 (Algorithm 1).
   """
-  gram = jnp.asarray(gram)
-  if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-    raise ValueError(f"gram must be a (K, K) matrix, got shape {gram.shape}.")
-  gram = jax.lax.stop_gradient(gram)
-  dtype = jnp.promote_types(gram.dtype, jnp.float32)
-  gram = gram.astype(dtype)
+  gram = _common.as_gram(gram)
+  dtype = gram.dtype
   k = gram.shape[0]
   orders = jax.vmap(lambda kk: jax.random.permutation(kk, k))(
       jax.random.split(key, k))
