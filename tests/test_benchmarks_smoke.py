@@ -1,0 +1,73 @@
+"""Smoke tests: the --quick benchmarks run end to end and write their outputs."""
+
+import csv
+import os
+import pathlib
+import sys
+
+import pytest
+
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # `benchmarks` lives next to the package
+  sys.path.insert(0, _ROOT)
+
+from benchmarks import multidigits  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+QUICK_NAMES = ["STL", "LS", "FairGrad α=2"]
+
+
+def _read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def _check_png(path):
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.getsize(path) > 10_000
+
+
+@pytest.mark.slow
+def test_multidigits_quick(tmp_path):
+  summaries = multidigits.main(
+      ["--quick", "--out", str(tmp_path), "--progress", "off"])
+  assert [s.name for s in summaries] == QUICK_NAMES
+  stl = summaries[0]
+  # STL's seeds against their own mean: 0 on average.
+  assert stl.delta_m_mean == pytest.approx(0.0, abs=1e-9)
+  assert stl.delta_m_std >= 0.0
+  for s in summaries:
+    assert s.metric_mean.shape == (2,)
+    assert ((s.metric_mean >= 0) & (s.metric_mean <= 100)).all()
+    assert s.step_seconds > 0
+  assert summaries[1].relative_time == pytest.approx(1.0)  # LS is the unit
+  rows = _read_csv(tmp_path / "table.csv")
+  assert [r["method"] for r in rows] == QUICK_NAMES
+  assert set(rows[0]) >= {"top-left accuracy mean", "delta_m_percent mean",
+                          "mean_rank", "step_time_vs_LS"}
+  table = (tmp_path / "table.md").read_text()
+  assert "| FairGrad α=2 |" in table and "Δm% ↓" in table
+  _check_png(tmp_path / "multidigits.png")
+
+
+@pytest.mark.slow
+def test_synthetic_quick(tmp_path):
+  panels = synthetic.main(
+      ["--quick", "--out", str(tmp_path), "--progress", "off"])
+  (problem, sigmas, summaries), = panels  # --quick: K = 10 only
+  assert problem.num_tasks == 10 and len(sigmas) == 10
+  assert [s.name for s in summaries] == QUICK_NAMES
+  for s in summaries:
+    assert s.metric_mean.shape == (10,) and (s.metric_mean > 0).all()
+  rows = _read_csv(tmp_path / "table.csv")
+  assert [r["K"] for r in rows] == ["10"] * 3
+  assert "task10 nMSE mean" in rows[0]
+  assert "## Synthetic K=10" in (tmp_path / "table.md").read_text()
+  _check_png(tmp_path / "synthetic.png")
+
+
+def test_unknown_method_is_rejected(tmp_path):
+  with pytest.raises(SystemExit, match="unknown method"):
+    multidigits.main(["--quick", "--methods", "LS,Magic", "--out",
+                      str(tmp_path)])
