@@ -71,15 +71,6 @@ def check_options(chunk_size, mode):
     raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
 
 
-def _pow2_scale(leaves, dtype):
-  """e = log2 σ, σ the power of two nearest max |leaves| (0 if 0 or inf)."""
-  max_abs = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(dtype)
-                               for x in leaves]))
-  ok = jnp.isfinite(max_abs) & (max_abs > 0)
-  e = jnp.where(ok, jnp.round(jnp.log2(jnp.where(ok, max_abs, 1.0))), 0.0)
-  return e
-
-
 def _flat(x):
   """(chunk, ...) -> (chunk, size): a 2-D product is a plain GEMM for XLA."""
   return x.reshape(x.shape[0], -1)
@@ -117,9 +108,9 @@ def block_product(a_leaves, b_leaves, dtype):
     return out * jnp.exp2(2 * scale_exp)
 
   def rescaled():
-    e = _pow2_scale(a_leaves, dtype)
+    e = _gram.log2_scale(a_leaves, dtype)
     if not same:
-      e = jnp.maximum(e, _pow2_scale(b_leaves, dtype))
+      e = jnp.maximum(e, _gram.log2_scale(b_leaves, dtype))
     return product(e)
 
   plain = product(jnp.zeros((), dtype))
@@ -163,7 +154,7 @@ def gram_from_vjp(vjp_fn, k, loss_dtype, mask, *, chunk_size=None,
 
     def columns(ct):
       leaves = rows(ct)
-      e = _pow2_scale(_masked(leaves, mask), dtype)
+      e = _gram.log2_scale(_masked(leaves, mask), dtype)
       inv = jnp.exp2(-e)
       # Tangents: the chunk's gradients / σ on the shared leaves, 0 elsewhere.
       tangents = [(x * inv.astype(x.dtype)) if m else jnp.zeros_like(x)

@@ -85,6 +85,14 @@ def solve_dtype(leaves) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
+def log2_scale(leaves, dtype) -> jax.Array:
+  """e = log2 σ, σ the power of two nearest max |leaves| (0 if 0 or not finite)."""
+  max_abs = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(dtype)
+                               for x in leaves]))
+  ok = jnp.isfinite(max_abs) & (max_abs > 0)
+  return jnp.where(ok, jnp.round(jnp.log2(jnp.where(ok, max_abs, 1.0))), 0.0)
+
+
 def scaled_gram(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
   """Gram matrix of the gradients scaled by a power of two, and that power.
 
@@ -101,13 +109,7 @@ def scaled_gram(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
     float32, and e = log2 σ (so that GᵀG = 4^e * gram).
   """
   dtype = solve_dtype(leaves)
-  max_abs = jnp.max(jnp.stack([
-      jnp.max(jnp.abs(x)).astype(dtype) for x in leaves
-  ]))
-  finite_positive = jnp.isfinite(max_abs) & (max_abs > 0)
-  log2_sigma = jnp.where(
-      finite_positive, jnp.round(jnp.log2(jnp.where(finite_positive, max_abs,
-                                                    1.0))), 0.0)
+  log2_sigma = log2_scale(leaves, dtype)
 
   def gram_of(scale):
     return sum(
@@ -125,7 +127,7 @@ def scaled_gram(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
     inv_sigma = jnp.exp2(-log2_sigma)
     return gram_of(lambda x: x.astype(dtype) * inv_sigma)
 
-  in_range = (jnp.abs(log2_sigma) <= _DIRECT_RANGE) | ~finite_positive
+  in_range = jnp.abs(log2_sigma) <= _DIRECT_RANGE  # e = 0 for zero or inf
   gram = jax.lax.cond(in_range, direct, scaled)
   return gram, log2_sigma
 
