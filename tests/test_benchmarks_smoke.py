@@ -71,3 +71,18 @@ def test_unknown_method_is_rejected(tmp_path):
   with pytest.raises(SystemExit, match="unknown method"):
     multidigits.main(["--quick", "--methods", "LS,Magic", "--out",
                       str(tmp_path)])
+
+
+def test_solver_speed_table(monkeypatch):
+  """The solver benchmark's table on one small cell: parseable numbers."""
+  from benchmarks import solver_speed  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(solver_speed, "KS", (3,))
+  monkeypatch.setattr(solver_speed, "ALPHAS", (2.0,))
+  table = solver_speed.solver_table(repeats=2, calls=2)
+  header, _, row = table.splitlines()
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert len(cells) == len(header.strip("|").split("|")) == 12
+  assert cells[:2] == ["3", "2"]
+  assert float(cells[2]) > 0 and float(cells[3]) > 0  # scipy and jax ms
+  jax_median = float(cells[11].split("/")[0])
+  assert jax_median < 1e-6  # float32 round-off, after the Newton step
