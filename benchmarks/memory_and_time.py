@@ -13,10 +13,22 @@ is compiled once and measured:
 Rows: one-task gradient (the memory reference), linear scalarization (the
 time reference), stacked FairGrad (``jax.jacrev`` + the :func:`fairgrad`
 aggregator), Gram-only FairGrad (:func:`weighted_grad`, chunk_size 1 and 8)
-and representation-level FairGrad (:func:`representation_grad`). FairGrad
+and representation-level FairGrad (:func:`representation_grad`, with the
+(K,)-valued heads function and with one head per task, ``num_tasks=K``; the
+latter is the way to use it: each z-gradient runs its own head). FairGrad
 steps warm-start from the previous step's weights, as in training.
 
-    python -m benchmarks.memory_and_time [--tasks 2 10 40] [--out table.md]
+``--model cnn`` measures FAMO's CelebA CNN at half width instead (1.3M
+shared parameters, batch 32 of 32×32 images, z 256-wide, one logit head per
+attribute, binary cross-entropy): the setting where representation-level
+weighting is used, with a representation much smaller than the encoder. Its
+Gram-only rows are compiled for their peak memory but not timed: on a CPU,
+XLA runs the batched convolutions of chunked VJPs/JVPs (grouped convolutions,
+and convolutions inside loops) 20-40× slower than plain ones (see
+:func:`weighted_grad`), seconds to minutes per step.
+
+    python -m benchmarks.memory_and_time [--model mlp|cnn] [--tasks 2 10 40]
+        [--out table.md]
 
 On a GPU the default step (batch 256) takes well under a millisecond, so
 kernel launches and the weight solve's while loop dominate the times, and
@@ -27,12 +39,34 @@ a compute-bound comparison.
 import argparse
 import functools
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import fairgrad_jax
+from fairgrad_jax.models import CelebACNN
+
+
+class Problem(NamedTuple):
+  """A K-task model split as encoder and heads, with its data.
+
+  encoder(params, x, y) -> z; heads(params, z, x, y) -> (K,) losses;
+  task_head(params, z, task, x, y) -> task's loss (its own head only).
+  """
+
+  encoder: Callable[..., Any]
+  heads: Callable[..., jax.Array]
+  task_head: Callable[..., jax.Array]
+  params: Any
+  x: Any
+  y: jax.Array
+  description: str
+
+  def losses(self, params, x, y):
+    return self.heads(params, self.encoder(params, x, y), x, y)
 
 
 def init_params(key, d_in, hidden, k):
@@ -61,13 +95,70 @@ def heads(params, z, x, y):
   return jnp.mean((pred - y) ** 2, axis=0)
 
 
-def losses(params, x, y):
-  return heads(params, encoder(params, x, y), x, y)
+def task_head(params, z, task, x, y):
+  """One task's loss from its own head (``representation_grad(num_tasks=K)``)."""
+  del x
+  pred = z @ params["heads"][task]  # (B,)
+  return jnp.mean((pred - y[:, task]) ** 2)
 
 
-def make_steps(k, alpha):
+def mlp_problem(k, args):
+  """The MLP: z is as wide as the trunk (hidden × batch entries)."""
+  kp, kx, ky = jax.random.split(jax.random.key(k), 3)
+  shared = args.d_in * args.hidden + args.hidden ** 2 + 2 * args.hidden
+  return Problem(
+      encoder, heads, task_head, init_params(kp, args.d_in, args.hidden, k),
+      jax.random.normal(kx, (args.batch, args.d_in)),
+      jax.random.normal(ky, (args.batch, k)),
+      f"MLP {args.d_in}-{args.hidden}-{args.hidden}, {shared:,} shared params,"
+      f" batch {args.batch}")
+
+
+def cnn_problem(k, args):
+  """FAMO's CelebA CNN at half width: 1.29M shared parameters, z 256-wide.
+
+  Binary cross-entropy per attribute on random images and labels; batch norm
+  in training mode (its updated statistics are dropped: the step's cost is
+  what is measured).
+  """
+  model = CelebACNN(num_tasks=k, width_multiplier=0.5)
+  kp, kx, ky = jax.random.split(jax.random.key(k), 3)
+  images = jax.random.uniform(kx, (args.batch, args.image_size,
+                                   args.image_size, 3))
+  variables = model.init(kp, images)
+  x = {"images": images, "stats": variables["batch_stats"]}
+  y = jax.random.bernoulli(ky, 0.5, (args.batch, k)).astype(jnp.float32)
+
+  def cnn_encoder(params, x, y):
+    del y
+    z, _ = model.apply({"params": params, "batch_stats": x["stats"]},
+                       x["images"], True, mutable=["batch_stats"],
+                       method=lambda m, im, train: m.encoder(im, train))
+    return z  # (B, 256)
+
+  def cnn_heads(params, z, x, y):
+    del x
+    logits = model.apply({"params": params}, z,
+                         method=lambda m, z: m.heads(z))[..., 0]  # (K, B)
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y.T), axis=1)
+
+  def cnn_task_head(params, z, task, x, y):
+    del x
+    logits = model.apply({"params": params}, z, task,
+                         method=lambda m, z, t: m.heads(z, t))[..., 0]
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y[:, task]))
+
+  shared = sum(a.size for a in jax.tree.leaves(variables["params"]["encoder"]))
+  return Problem(
+      cnn_encoder, cnn_heads, cnn_task_head, variables["params"], x, y,
+      f"CelebA CNN (width 0.5), {shared:,} shared params, batch {args.batch}"
+      f" of {args.image_size}×{args.image_size} images")
+
+
+def make_steps(problem, k, alpha):
   """name -> (step(params, x, y, carry) -> (update, carry), initial carry)."""
   weights_fn = functools.partial(fairgrad_jax.fairgrad_weights, alpha=alpha)
+  losses = problem.losses
   agg = fairgrad_jax.fairgrad(alpha, num_tasks=k)
 
   def single_task(params, x, y, carry):
@@ -80,7 +171,7 @@ def make_steps(k, alpha):
     jac = jax.jacrev(losses)(params, x, y)
     return agg.update(jac, state)
 
-  def gram_only(chunk_size):
+  def gram_only_step(chunk_size):
     grad_fn = fairgrad_jax.weighted_grad(losses, weights_fn,
                                          chunk_size=chunk_size)
 
@@ -90,11 +181,19 @@ def make_steps(k, alpha):
 
     return step
 
-  representation_fn = fairgrad_jax.representation_grad(encoder, heads,
+  representation_fn = fairgrad_jax.representation_grad(problem.encoder,
+                                                       problem.heads,
                                                        weights_fn)
 
   def representation(params, x, y, init):
     out = representation_fn(params, x, y, init=init)
+    return out.update, out.weights
+
+  per_task_fn = fairgrad_jax.representation_grad(
+      problem.encoder, problem.task_head, weights_fn, num_tasks=k)
+
+  def representation_per_task(params, x, y, init):
+    out = per_task_fn(params, x, y, init=init)
     return out.update, out.weights
 
   def solve_alone(params, x, y, init):
@@ -105,15 +204,18 @@ def make_steps(k, alpha):
     return w, w
 
   ones = jnp.ones((k,), jnp.float32)
-  return {
+  steps = {
       "single-task gradient": (single_task, ones),
       "linear scalarization": (linear_scalarization, ones),
       "stacked FairGrad": (stacked, agg.init(None)),
-      "Gram-only FairGrad (chunk 1)": (gram_only(1), ones),
-      "Gram-only FairGrad (chunk 8)": (gram_only(min(8, k)), ones),
       "representation FairGrad": (representation, ones),
+      "representation FairGrad (per-task heads)": (representation_per_task,
+                                                   ones),
       "FairGrad solve alone (K×K)": (solve_alone, ones),
   }
+  steps["Gram-only FairGrad (chunk 1)"] = (gram_only_step(1), ones)
+  steps["Gram-only FairGrad (chunk 8)"] = (gram_only_step(min(8, k)), ones)
+  return steps
 
 
 def peak_bytes(compiled):
@@ -123,8 +225,11 @@ def peak_bytes(compiled):
 
 
 def measure(step, carry, args, repeats):
+  """(peak bytes, median seconds); repeats=0 compiles only (time NaN)."""
   jitted = jax.jit(step)
   compiled = jitted.lower(*args, carry).compile()
+  if repeats == 0:
+    return peak_bytes(compiled), float("nan")
   for _ in range(2):
     out, carry = compiled(*args, carry)
     jax.block_until_ready((out, carry))
@@ -139,38 +244,47 @@ def measure(step, carry, args, repeats):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
   parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10, 40])
-  parser.add_argument("--d-in", type=int, default=256)
-  parser.add_argument("--hidden", type=int, default=1024)
-  parser.add_argument("--batch", type=int, default=256)
+  parser.add_argument("--d-in", type=int, default=256, help="MLP input")
+  parser.add_argument("--hidden", type=int, default=1024, help="MLP width")
+  parser.add_argument("--image-size", type=int, default=32, help="CNN input")
+  parser.add_argument("--batch", type=int, default=None,
+                      help="default: 256 (MLP), 32 (CNN)")
   parser.add_argument("--alpha", type=float, default=2.0)
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--out", type=str, default=None,
                       help="also write the table (markdown) to this file")
   args = parser.parse_args()
+  if args.batch is None:
+    args.batch = 256 if args.model == "mlp" else 32
+  make_problem = mlp_problem if args.model == "mlp" else cnn_problem
 
-  shared = args.d_in * args.hidden + args.hidden ** 2 + 2 * args.hidden
-  header = (
-      f"MLP {args.d_in}-{args.hidden}-{args.hidden}, {shared:,} shared"
-      f" params, batch {args.batch}, FairGrad α={args.alpha};"
-      f" device: {jax.devices()[0].device_kind} ({jax.default_backend()})\n\n"
-      "| K | method | peak MiB | × 1-task grad | step ms | × LS |\n"
-      "|---|---|---|---|---|---|")
-  print(header, flush=True)
-  rows = [header]
+  header = None
+  rows = []
   for k in args.tasks:
-    kp, kx, ky = jax.random.split(jax.random.key(k), 3)
-    params = init_params(kp, args.d_in, args.hidden, k)
-    x = jax.random.normal(kx, (args.batch, args.d_in))
-    y = jax.random.normal(ky, (args.batch, k))
+    problem = make_problem(k, args)
+    if header is None:
+      header = (
+          f"{problem.description}, FairGrad α={args.alpha};"
+          f" device: {jax.devices()[0].device_kind} ({jax.default_backend()})"
+          "\n\n| K | method | peak MiB | × 1-task grad | step ms | × LS |\n"
+          "|---|---|---|---|---|---|")
+      print(header, flush=True)
+      rows.append(header)
     results = {}
-    for name, (step, carry) in make_steps(k, args.alpha).items():
-      results[name] = measure(step, carry, (params, x, y), args.repeats)
+    args_ = (problem.params, problem.x, problem.y)
+    for name, (step, carry) in make_steps(problem, k, args.alpha).items():
+      untimed = args.model == "cnn" and name.startswith("Gram-only")
+      results[name] = measure(step, carry, args_,
+                              0 if untimed else args.repeats)
       mem, sec = results[name]
       ref_mem = results.get("single-task gradient", (mem,))[0]
       ref_sec = results.get("linear scalarization", (0, sec))[1]
+      times = ("not timed | —" if untimed
+               else f"{1e3 * sec:.2f} | {sec / ref_sec:.2f}")
       row = (f"| {k} | {name} | {mem / 2**20:.1f} | {mem / ref_mem:.2f} |"
-             f" {1e3 * sec:.2f} | {sec / ref_sec:.2f} |")
+             f" {times} |")
       print(row, flush=True)
       rows.append(row)
   if args.out:

@@ -124,7 +124,7 @@ def block_product(a_leaves, b_leaves, dtype):
 
 
 def gram_from_vjp(vjp_fn, k, loss_dtype, mask, *, chunk_size=None,
-                  jvp_fn=None, params=None):
+                  jvp_fn=None, params=None, task_grad_fn=None):
   """(K, K) Gram matrix J Jᵀ of a linearized function, chunk by chunk.
 
   Args:
@@ -136,6 +136,10 @@ def gram_from_vjp(vjp_fn, k, loss_dtype, mask, *, chunk_size=None,
     jvp_fn: tangent pytree -> (K,) (the JVP of the same linearization); when
       given, ``mode="jvp"`` is used, else the block pairs of ``mode="vjp"``.
     params: a pytree like the params (for the tangent structure, jvp mode).
+    task_grad_fn: optional int32 task index -> that task's gradient (a
+      pytree like the params); when given, the rows come from it (vmapped over
+      the chunk's tasks) instead of VJPs of one-hot cotangents, which is
+      cheaper when each loss depends on a part of the model of its own.
 
   Returns:
     The Gram matrix in at least float32.
@@ -144,7 +148,14 @@ def gram_from_vjp(vjp_fn, k, loss_dtype, mask, *, chunk_size=None,
   cotangents, n = _one_hot_chunks(k, chunk, loss_dtype)
 
   def rows(ct):  # (chunk, K) -> leaves (chunk, ...)
-    return jax.tree.leaves(jax.vmap(vjp_fn)(ct))
+    if task_grad_fn is None:
+      return jax.tree.leaves(jax.vmap(vjp_fn)(ct))
+    # Task i's row is the gradient of loss i; padding rows (all-zero
+    # cotangents, tasks >= K) stay zero.
+    valid = jnp.any(ct != 0, axis=1)
+    leaves = jax.tree.leaves(jax.vmap(task_grad_fn)(jnp.argmax(ct, axis=1)))
+    return [jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
+            for x in leaves]
 
   probe = jax.eval_shape(rows, cotangents[0])
   dtype = _gram.solve_dtype(_masked(probe, mask))
@@ -278,7 +289,11 @@ def weighted_grad(
       fastest; 1: the leanest, about one extra gradient of memory).
     mode: ``"jvp"`` (VJP/JVP pairs, linear in K) or ``"vjp"`` (reverse mode
       only, explicit float32 HIGHEST-precision products, quadratic in
-      K/chunk_size).
+      K/chunk_size). On a CPU, use ``mode="vjp"`` with ``chunk_size=None``
+      for convolutional models: XLA's CPU backend runs the batched
+      convolutions of vmapped JVPs (grouped convolutions) and convolutions
+      inside the chunk loop 20-40× slower than plain ones (GPUs do not have
+      this problem); see the README's measurements.
     shared: which params leaves enter the Gram matrix: None (all), a pytree
       of bools like the params or a prefix of it, or a callable returning one
       from the params (as in :func:`fairgrad`).

@@ -7,23 +7,27 @@ z = f(θ_sh, x), the task gradients on the shared parameters factor as
 (K × dim z, dim z = batch × features) stands in for that of the parameter
 gradients (MGDA-UB; their Theorem 1 gives Pareto stationarity when
 ∂z/∂θ_sh has full rank). Computing it costs one
-forward pass and K cheap VJPs through the heads only; the update is then one
-VJP of Σ_i w_i l_i through the whole model, so a step costs about what a
-linear-scalarization step costs, whatever K. Any Gram-based weighting works:
-FairGrad, MGDA, Nash-MTL, ...
+forward pass and K VJPs and K JVPs through the heads only; the update is then
+one VJP of Σ_i w_i l_i through the whole model, so a step costs a
+linear-scalarization step plus the heads' share. Any Gram-based weighting
+works: FairGrad, MGDA, Nash-MTL, ...
 
 The weights solve the weighting's equation for the representation
 gradients, not for the parameter gradients: an approximation of the
 parameter-level method (exact when ∂z/∂θ_sh has orthonormal rows).
 
 Cost: the z-gradients of ``chunk_size`` tasks are held at once (K of them by
-default), K · dim z floats, and the Gram product takes O(K² dim z) flops;
-with a large batch and many tasks, pool z or pass ``chunk_size``.
+default), K · dim z floats, and the Gram products take O(K² dim z) flops;
+with a large batch and many tasks, pool z or pass ``chunk_size``. Give the
+heads one task at a time (``num_tasks=K``) so that each z-gradient runs its
+own head only: with a (K,)-valued heads function every z-gradient runs all K
+heads, which at K = 40 costs more than the encoder.
 """
 
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 from fairgrad_jax import _autogram
 
@@ -34,6 +38,8 @@ def representation_grad(
     weights_fn: Callable[..., jax.Array],
     *,
     chunk_size: int | None = None,
+    mode: str = "jvp",
+    num_tasks: int | None = None,
 ) -> Callable[..., _autogram.WeightedGrad]:
   r"""Σ_i w_i ∇l_i with w = weights_fn of the Gram matrix of ∂l_i/∂z.
 
@@ -42,16 +48,27 @@ def representation_grad(
 
   * ``encoder_fn(params, *args) -> z``, the shared representation (any
     pytree of arrays, e.g. the (B, d) features of a batch);
-  * ``heads_fn(params, z, *args) -> (K,)`` task losses.
+  * ``heads_fn(params, z, *args) -> (K,)`` task losses; or, with
+    ``num_tasks=K``, one task at a time: ``heads_fn(params, z, task, *args)
+    -> scalar``, the loss of task ``task`` (an int32 index, traced: index
+    the task's head with it, e.g. ``params["heads"][task]``).
 
   Both take the whole params (each uses its own part); ``args`` (batch,
   PRNG keys) pass through to both. The function runs the encoder once,
   forms (GᵀG)_ij = Σ <∂l_i/∂z, ∂l_j/∂z> (summed over every entry of z,
-  batch included; float32 at HIGHEST precision), solves
-  ``w = weights_fn(GᵀG)`` (constants: stop_gradient) and returns the
-  gradient of Σ_i w_i l_i with respect to every parameter: one backward pass
-  through the encoder. ``init=`` warm-starts ``weights_fn`` as in
-  :func:`weighted_grad`.
+  batch included), solves ``w = weights_fn(GᵀG)`` (constants:
+  stop_gradient) and returns the gradient of Σ_i w_i l_i with respect to
+  every parameter: one backward pass through the encoder. ``init=``
+  warm-starts ``weights_fn`` as in :func:`weighted_grad`.
+
+  Cost of the Gram matrix: K z-gradients, each one backward pass through the
+  heads. With a (K,)-valued ``heads_fn`` each of these passes runs every
+  head (XLA does not skip the zero cotangents), O(K²) head passes; with
+  ``num_tasks`` each runs its own head only, O(K). The products
+  <∂l_i/∂z, ∂l_j/∂z> are then, in ``mode="jvp"`` (default), K JVPs through
+  the heads (GEMM-shaped, fast on every backend; at the model's matmul
+  precision: see :func:`weighted_grad`), or in ``mode="vjp"`` explicit
+  products at ``Precision.HIGHEST``.
 
   Args:
     encoder_fn: ``(params, *args) -> z``.
@@ -59,6 +76,9 @@ def representation_grad(
     weights_fn: ``gram -> (K,)`` weights; may take ``init=``.
     chunk_size: tasks whose z-gradients are held at once (None: all K; the
       K × dim z block is usually small).
+    mode: ``"jvp"`` or ``"vjp"``, how the Gram products are formed (above).
+    num_tasks: K when ``heads_fn`` gives one task's loss at a time (above);
+      None when it returns the (K,) losses.
 
   Returns:
     ``grad_fn(params, *args, init=None)`` returning a
@@ -89,20 +109,50 @@ def representation_grad(
     Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024,
     arXiv:2402.15638.
   """
-  _autogram.check_options(chunk_size, "vjp")
+  _autogram.check_options(chunk_size, mode)
   if not all(callable(f) for f in (encoder_fn, heads_fn, weights_fn)):
     raise ValueError("encoder_fn, heads_fn and weights_fn must be callables.")
+  if num_tasks is not None and (
+      not isinstance(num_tasks, int) or isinstance(num_tasks, bool)
+      or num_tasks < 1):
+    raise ValueError(f"num_tasks must be a positive int or None, got"
+                     f" {num_tasks!r}.")
 
   def grad_fn(params, *args, init=None):
     z, encoder_vjp = jax.vjp(lambda p: encoder_fn(p, *args), params)
-    losses, heads_vjp = jax.vjp(lambda p, z: heads_fn(p, z, *args), params, z)
+    if num_tasks is None:
+      losses_of = lambda p, z: heads_fn(p, z, *args)
+      task_grad = None
+    else:
+      def task_loss(p, z, task):
+        loss = heads_fn(p, z, task, *args)
+        if jnp.shape(loss) != ():
+          raise ValueError(
+              "with num_tasks given, heads_fn(params, z, task, *args) must"
+              f" return the scalar loss of one task, got shape"
+              f" {jnp.shape(loss)}.")
+        return loss
+
+      tasks = jnp.arange(num_tasks)
+      losses_of = lambda p, z: jax.vmap(
+          lambda t: task_loss(p, z, t))(tasks)
+      task_grad = lambda t: jax.grad(
+          lambda z: task_loss(params, z, t))(z)
+    losses, heads_vjp = jax.vjp(losses_of, params, z)
     k = _autogram.check_losses(losses)
-    # The z-gradients alone (XLA shares the heads' forward pass with the
+    # The z-derivatives alone (XLA shares the heads' forward pass with the
     # VJP above).
-    _, z_vjp = jax.vjp(lambda z: heads_fn(params, z, *args), z)
+    if mode == "jvp":
+      _, jvp_fn = jax.linearize(lambda z: losses_of(params, z), z)
+      z_vjp = jax.linear_transpose(jvp_fn, z)
+    else:
+      _, z_vjp = jax.vjp(lambda z: losses_of(params, z), z)
+      jvp_fn = None
     mask = [True] * len(jax.tree.leaves(z))
     gram = _autogram.gram_from_vjp(lambda ct: z_vjp(ct)[0], k, losses.dtype,
-                                   mask, chunk_size=chunk_size)
+                                   mask, chunk_size=chunk_size,
+                                   jvp_fn=jvp_fn, params=z,
+                                   task_grad_fn=task_grad)
     weights = _autogram.call_weights_fn(weights_fn, gram, init, k)
     d_heads, d_z = heads_vjp(weights.astype(losses.dtype))
     (d_encoder,) = encoder_vjp(d_z)

@@ -86,3 +86,38 @@ def test_solver_speed_table(monkeypatch):
   assert float(cells[2]) > 0 and float(cells[3]) > 0  # scipy and jax ms
   jax_median = float(cells[11].split("/")[0])
   assert jax_median < 1e-6  # float32 round-off, after the Newton step
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_memory_and_time_problems(model):
+  """The benchmark's models: per-task heads give the all-heads update, and
+  every step of the table compiles and returns params-shaped updates."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import fairgrad_jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import memory_and_time as mt  # pylint: disable=g-import-not-at-top
+  args = argparse.Namespace(d_in=6, hidden=8, batch=4, image_size=8)
+  k = 3
+  problem = (mt.mlp_problem if model == "mlp" else mt.cnn_problem)(k, args)
+  weights_fn = functools.partial(fairgrad_jax.fairgrad_weights, alpha=2.0)
+  with jax.default_matmul_precision("highest"):
+    every = fairgrad_jax.representation_grad(
+        problem.encoder, problem.heads, weights_fn)(
+            problem.params, problem.x, problem.y)
+    own = fairgrad_jax.representation_grad(
+        problem.encoder, problem.task_head, weights_fn, num_tasks=k)(
+            problem.params, problem.x, problem.y)
+  np.testing.assert_allclose(own.weights, every.weights, rtol=1e-4)
+  # Batch-norm gradients cancel to round-off: tolerance relative to the leaf.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(b)))),
+               own.update, every.update)
+  if model == "mlp":  # the CNN's Gram-only steps are slow on CPU (see there)
+    for name, (step, carry) in mt.make_steps(problem, k, 2.0).items():
+      out, _ = jax.jit(step)(problem.params, problem.x, problem.y, carry)
+      if name != "FairGrad solve alone (K×K)":
+        assert (jax.tree.structure(out)
+                == jax.tree.structure(problem.params)), name
+        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(out))

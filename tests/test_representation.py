@@ -52,18 +52,32 @@ def _probe(gram):
   return gram @ jnp.arange(1.0, K + 1) + jnp.diag(gram)
 
 
+def _task_head(params, z, task, x, y):
+  """One task's loss: its own head only (``num_tasks=K``)."""
+  pred = z @ params["heads"][task]
+  return jnp.mean((pred - y[task]) ** 2)
+
+
 @functools.cache
-def _jitted(weights_fn=_probe, chunk_size=None):
+def _jitted(weights_fn=_probe, chunk_size=None, mode="jvp", per_task=False):
+  if per_task:
+    return jax.jit(fairgrad_jax.representation_grad(
+        _encoder, _task_head, weights_fn, chunk_size=chunk_size, mode=mode,
+        num_tasks=K))
   return jax.jit(fairgrad_jax.representation_grad(
-      _encoder, _heads, weights_fn, chunk_size=chunk_size))
+      _encoder, _heads, weights_fn, chunk_size=chunk_size, mode=mode))
 
 
-@pytest.mark.parametrize("chunk_size", [None, 1])
-def test_matches_the_definition(chunk_size):
+@pytest.mark.parametrize("chunk_size,mode,per_task", [
+    (None, "jvp", False), (1, "jvp", False), (None, "vjp", False),
+    (3, "vjp", False), (None, "jvp", True), (3, "jvp", True),
+    (None, "vjp", True)])
+def test_matches_the_definition(chunk_size, mode, per_task):
   params, x, y = _problem()
   w = _probe(_z_gram(params, x, y))
   expected = jax.grad(lambda p: jnp.dot(w, _losses(p, x, y)))(params)
-  losses, update, weights = _jitted(_probe, chunk_size)(params, x, y)
+  losses, update, weights = _jitted(_probe, chunk_size, mode, per_task)(
+      params, x, y)
   np.testing.assert_allclose(losses, _losses(params, x, y), rtol=1e-6)
   np.testing.assert_allclose(weights, w, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
@@ -92,8 +106,31 @@ def test_one_backward_pass_through_the_encoder():
   assert "tensor<4x3x5xf32>" not in hlo
 
 
+def test_per_task_heads_run_their_own_head_only():
+  """With num_tasks, no z-gradient is a VJP through all K heads at once."""
+  params, x, y = _problem()
+  # mode="vjp": the only products with the heads are the z-gradients (in
+  # "jvp" mode the K JVPs run every head, as GEMMs, by design).
+  hlo_all = _jitted(mode="vjp").lower(params, x, y).as_text()
+  hlo_own = _jitted(mode="vjp", per_task=True).lower(params, x, y).as_text()
+  # All heads' cotangents under a vmap over K one-hot cotangents: (K, K, B, 2).
+  assert "tensor<4x4x6x2xf32>" in hlo_all
+  assert "tensor<4x4x6x2xf32>" not in hlo_own
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError, match="chunk_size"):
     fairgrad_jax.representation_grad(_encoder, _heads, _probe, chunk_size=-1)
   with pytest.raises(ValueError, match="callables"):
     fairgrad_jax.representation_grad(_encoder, None, _probe)
+  with pytest.raises(ValueError, match="mode"):
+    fairgrad_jax.representation_grad(_encoder, _heads, _probe, mode="fwd")
+  with pytest.raises(ValueError, match="num_tasks"):
+    fairgrad_jax.representation_grad(_encoder, _task_head, _probe,
+                                     num_tasks=0)
+  params, x, y = _problem()
+  every_head = lambda p, z, task, x, y: _heads(p, z, x, y)  # (K,), not one
+  wrong = fairgrad_jax.representation_grad(_encoder, every_head, _probe,
+                                           num_tasks=K)
+  with pytest.raises(ValueError, match="scalar loss of one task"):
+    wrong(params, x, y)
