@@ -204,7 +204,7 @@ def make_steps(problem, k, alpha):
     return w, w
 
   ones = jnp.ones((k,), jnp.float32)
-  steps = {
+  return {
       "single-task gradient": (single_task, ones),
       "linear scalarization": (linear_scalarization, ones),
       "stacked FairGrad": (stacked, agg.init(None)),
@@ -212,10 +212,9 @@ def make_steps(problem, k, alpha):
       "representation FairGrad (per-task heads)": (representation_per_task,
                                                    ones),
       "FairGrad solve alone (K×K)": (solve_alone, ones),
+      "Gram-only FairGrad (chunk 1)": (gram_only_step(1), ones),
+      "Gram-only FairGrad (chunk 8)": (gram_only_step(min(8, k)), ones),
   }
-  steps["Gram-only FairGrad (chunk 1)"] = (gram_only_step(1), ones)
-  steps["Gram-only FairGrad (chunk 8)"] = (gram_only_step(min(8, k)), ones)
-  return steps
 
 
 def peak_bytes(compiled):

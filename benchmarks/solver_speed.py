@@ -119,9 +119,8 @@ def solver_table(repeats, calls):
       first, jax_times, jax_res, iters = [], [], [], []
       sp_times, sp_res, sp_rounded = [], [], []
       for a in grams:
-        w = scipy_weights(a, alpha)
-        sp_times.append(statistics.median(
-            [timed(scipy_weights, a, alpha)[0] for _ in range(calls)]))
+        t, w = steady(scipy_weights, a, alpha, calls=calls)
+        sp_times.append(t)
         sp_res.append(rel_residual(a, w, alpha))
         sp_rounded.append(rel_residual(a, w.astype(dtype), alpha))
         dev = jnp.asarray(a, dtype)

@@ -129,7 +129,7 @@ def _polish(weights, u, gram, m, active, alpha, bound):
   (``gram``, inactive tasks zeroed) corrects both, multiplicatively
   (w ← w exp(δ)), up to the dtype's round-off: Newton converges
   quadratically from an O(λ) error. The step uses the preconditioned
-  Jacobian at u without λ (``m``). It is kept only when it is finite, moves
+  Jacobian at u (already clipped to ``bound``) without λ (``m``). It is kept only when it is finite, moves
   no weight by more than about 1% (``_POLISH_MAX_STEP``) and lowers the
   largest relative residual: near a rank-deficient Gram matrix, where the
   unregularized equation has no root, the regularized root stays.
@@ -146,7 +146,7 @@ def _polish(weights, u, gram, m, active, alpha, bound):
   rel, target = relative_residual(weights)
   # In the preconditioned variables the residual is r_i = rel_i v_i^(-1/α).
   step = jnp.linalg.solve(_jacobian(u, m, alpha, bound),
-                          -rel * jnp.exp(-jnp.clip(u, *bound) / alpha))
+                          -rel * jnp.exp(-u / alpha))
   polished = weights * jnp.exp(step)
   rel_polished, target_polished = relative_residual(polished)
   worst = jnp.max(jnp.abs(rel))
