@@ -36,6 +36,7 @@ from fairgrad_jax._autogram import weighted_grad
 from fairgrad_jax._autogram import WeightedGrad
 from fairgrad_jax._gram import gram_matrix
 from fairgrad_jax._losses import fair_loss
+from fairgrad_jax._masks import shared_mask
 from fairgrad_jax._representation import representation_grad
 from fairgrad_jax._sharding import data_mesh
 from fairgrad_jax._sharding import data_parallel
@@ -85,5 +86,6 @@ __all__ = [
     "replicate",
     "representation_grad",
     "shard_batch",
+    "shared_mask",
     "weighted_grad",
 ]

@@ -65,9 +65,11 @@ def shared_leaves(shared: Mask, stacked_grads) -> list[bool]:
   try:
     flat = _broadcast_prefix(shared, stacked_grads)
   except ValueError as e:
+    from fairgrad_jax._masks import mask_mismatch_hint  # pylint: disable=g-import-not-at-top
     raise ValueError(
         "`shared` must be a pytree of bools with the structure of the params"
-        f" (or a prefix of it); it does not match the gradients: {e}"
+        " (or a prefix of it); it does not match the gradients."
+        f"{mask_mismatch_hint(shared, stacked_grads)} Details: {e}"
     ) from None
   if not all(isinstance(b, bool) for b in flat):
     raise ValueError(

@@ -13,8 +13,9 @@ outputs stacked on a leading axis K) or ``task=i`` (task i alone; ``i`` may be
 traced, so ``jax.vmap(jax.grad(task_loss))`` over task indices gives the
 per-task gradients).
 
-This subpackage needs flax (``pip install fairgrad_jax[models]``); the core
-package does not.
+This subpackage needs flax (``pip install 'fairgrad_jax[models]'``); the
+core package does not. Without flax, importing it raises an ImportError that
+says so.
 
 Models:
 
@@ -26,6 +27,18 @@ Models:
   Cityscapes).
 """
 
+try:
+  import flax  # pylint: disable=unused-import
+except ModuleNotFoundError as e:
+  if e.name != "flax":
+    raise
+  raise ImportError(
+      "fairgrad_jax.models needs flax, which is not installed: pip install"
+      " 'fairgrad_jax[models]' (or pip install flax). The rest of"
+      " fairgrad_jax works without it."
+  ) from e
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from fairgrad_jax.models._heads import shared_mask
 from fairgrad_jax.models._heads import TaskDense
 from fairgrad_jax.models.celeba_cnn import CelebACNN

@@ -91,10 +91,16 @@ class TaskDense(nn.Module):
 
 
 def shared_mask(params) -> Any:
-  """The ``shared=`` mask of a model's parameters: True under 'encoder'.
+  """The ``shared=`` mask of the ``params`` collection: True under 'encoder'.
 
   Accepts the ``params`` collection (a dict with keys 'encoder' and 'heads')
-  or the full variables dict holding it under 'params'.
+  or the full variables dict holding it under 'params', and returns the mask
+  of the ``params`` collection in both cases (without the 'params' level):
+  it fits gradients taken with respect to ``variables["params"]``, as the
+  benchmarks take them. For gradients with respect to the whole variables
+  dict, or an NNX state, use :func:`fairgrad_jax.shared_mask` on that tree
+  (``fairgrad_jax.shared_mask(variables, "encoder")``), which keeps every
+  level of the tree it is given.
 
   Examples:
     >>> import jax, jax.numpy as jnp
