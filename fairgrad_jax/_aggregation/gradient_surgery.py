@@ -7,6 +7,7 @@ Each is a Gram-matrix weighting (see ``fairgrad_jax._weighting``) wrapped by
 import jax
 from optax.experimental import aggregating
 
+from fairgrad_jax import _checks
 from fairgrad_jax import _gram
 from fairgrad_jax._aggregation import base
 from fairgrad_jax._aggregation import fairgrad as fairgrad_agg
@@ -99,8 +100,8 @@ def cagrad(
   Extra keyword arguments (``losses=``...) are ignored.
 
   Args:
-    c: radius c >= 0 of the ball relative to ‖g0‖; 0.4 is the authors'
-      default for their multi-task supervised experiments.
+    c: radius c of the ball relative to ‖g0‖, finite and >= 0; 0.4 is the
+      authors' default for their multi-task supervised experiments.
     rescale: divide by 1 + c² (the authors' ``rescale=1``).
     num_tasks: K; when given, ``state.weights`` holds the last weights λ
       (d = Σ_i λ_i g_i).
@@ -124,11 +125,9 @@ def cagrad(
     Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for
     Multi-task Learning", NeurIPS 2021, arXiv:2110.14048.
   """
-  if not c >= 0:
-    raise ValueError(f"c must be >= 0, got {c!r}.")
+  c = _checks.real_hyperparameter("c", c, minimum=0.0)
   if not (isinstance(maxiter, int) and maxiter >= 1):
     raise ValueError(f"maxiter must be a positive int, got {maxiter!r}.")
-  c = float(c)
 
   def weights(gram, extra, *, init, losses):
     del init, losses
@@ -240,6 +239,13 @@ def nash_mtl(
     Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya,
     "Multi-Task Learning as a Bargaining Game", ICML 2022, arXiv:2202.01017.
   """
+  tol = _checks.real_hyperparameter("tol", tol, minimum=0.0, strict=True)
+  if regularization is not None:
+    regularization = _checks.real_hyperparameter(
+        "regularization", regularization, minimum=0.0)
+  if max_norm is not None:
+    max_norm = _checks.real_hyperparameter("max_norm", max_norm, minimum=0.0,
+                                           strict=True)
   # α(cGᵀG) = c^(-1/2) α(GᵀG): the update does not depend on the scale
   # (degree 0), and heads get Σ_i α_i g_i as in the authors' code.
   weighting = fairgrad_agg.fairgrad_weighting_of(

@@ -5,15 +5,25 @@ Each of these methods weights the task *losses*: the update is the gradient of
 The weights come from the losses (given as ``update(..., losses=...)``), a
 PRNG key or a learned state, never from the Gram matrix, so the aggregator
 skips the O(K²P) Gram product.
+
+Bad steps: under ``jit`` a bad value cannot raise. Losses outside a method's
+domain (non-finite, or non-positive where the method takes a ratio or a log)
+give NaN weights, hence a NaN update, and every non-finite update (from the
+losses or from the gradients) leaves the whole aggregator state (``weights``
+and ``extra``) as it was after the last good step. Behind
+``optax.apply_if_finite`` such a step is skipped and training goes on as if
+it had not happened.
 """
 
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax.experimental import aggregating
 
+from fairgrad_jax import _checks
 from fairgrad_jax import _gram
 from fairgrad_jax._aggregation import base
 from fairgrad_jax._aggregation.gradient_surgery import check_seed
@@ -30,15 +40,42 @@ def _needs_num_tasks(name, num_tasks):
     raise ValueError(f"{name} keeps per-task state: give num_tasks=K.")
 
 
+def _unless(ok, weights, new_extra, old_extra):
+  """NaN weights and the old state where ``ok`` is False (a step to skip)."""
+  weights = jnp.where(ok, weights, jnp.nan)
+  extra = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_extra,
+                       old_extra)
+  return weights, extra
+
+
+def _all_finite(tree):
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]
+                           or [jnp.array(True)]))
+
+
 def _loss_aggregator(name, weights, init, hyperparams, num_tasks, shared,
                      max_norm):
-  return base.weighted_aggregator(
+  agg = base.weighted_aggregator(
       base.Weighting(weights=weights, init=init, degree=1.0,
                      weight_heads=True, needs_gram=False),
       name=name,
       hyperparams=hyperparams | base.common_hyperparams(
           num_tasks, shared, False, max_norm),
       num_tasks=num_tasks, shared=shared, max_norm=max_norm)
+
+  def update_fn(grads, state, params=None, **extra_args):
+    updates, new_state = agg.update(grads, state, params, **extra_args)
+    # A non-finite update (bad losses or bad gradients) is a step that
+    # apply_if_finite skips: keep the state of the last good step.
+    ok = _all_finite(updates)
+    new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                             new_state, state)
+    return updates, new_state
+
+  # pylint: disable-next=protected-access
+  update_fn._fairgrad_repr = agg.update._fairgrad_repr
+  return type(agg)(agg.init, update_fn)
 
 
 def rlw(
@@ -53,6 +90,8 @@ def rlw(
   d = Σ_i w_i g_i with fresh weights w = softmax(z) at every step, z standard
   normal (the paper's default distribution), drawn from a PRNG key kept in
   ``state.extra``, seeded by ``seed``. ``losses=`` is accepted and ignored.
+  A step whose update is not finite (non-finite gradients) keeps the state:
+  the next step draws the same weights.
 
   Args:
     seed: seed of the PRNG key.
@@ -120,8 +159,15 @@ def dwa(
   with the same averaged losses for a whole epoch. Needs ``losses=`` at every
   call and ``num_tasks``.
 
+  The losses must be finite and > 0 (the rate r_i is a ratio of losses, as in
+  the paper, whose losses are positive). A call with a loss that is not
+  gives NaN weights, hence a NaN update that ``optax.apply_if_finite``
+  skips, and leaves the state as it was: the loss never enters the history,
+  so later steps are unaffected. A call whose update is not finite for
+  another reason (non-finite gradients) also keeps the state.
+
   Args:
-    temperature: T > 0 (the paper's 2).
+    temperature: T > 0, finite (the paper's 2).
     num_tasks: K (required).
     shared: which leaves are shared (only for the interface).
     max_norm: clip the global norm of the shared update (off).
@@ -143,11 +189,10 @@ def dwa(
     Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention",
     CVPR 2019, arXiv:1803.10704 (Section 3.3, eq. 7).
   """
-  if not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+  temperature = _checks.real_hyperparameter("temperature", temperature,
+                                            minimum=0.0, strict=True)
   _needs_num_tasks("dwa", num_tasks)
   base.check_num_tasks(num_tasks)
-  temperature = float(temperature)
 
   def init(num_tasks):
     return DWAState(losses=jnp.ones((2, num_tasks), jnp.float32),
@@ -164,7 +209,8 @@ def dwa(
     new = DWAState(
         losses=jnp.stack([losses.astype(extra.losses.dtype), extra.losses[0]]),
         count=jnp.minimum(extra.count + 1, 2))
-    return w, new
+    ok = jnp.all(jnp.isfinite(losses) & (losses > 0))
+    return _unless(ok, w, new, extra)
 
   return _loss_aggregator("dwa", weights, init, {"temperature": temperature},
                           num_tasks, shared, max_norm)
@@ -202,8 +248,18 @@ def uw(
   ``method-params-lr`` of Nash-MTL's benchmark code, which the FairGrad paper
   uses. Needs ``losses=`` and ``num_tasks``.
 
+  The losses must be finite and >= 0 (the paper's regression and
+  classification losses; its optimum s_i = log l_i needs l_i > 0, and at
+  l_i = 0 s_i keeps decreasing, so w_i keeps growing). A call with a
+  negative or non-finite loss gives NaN weights, hence a NaN update that
+  ``optax.apply_if_finite`` skips, and leaves the state (s and its optimizer
+  state) as it was; so does a call whose update is not finite for another
+  reason (non-finite gradients). For losses that can be negative (e.g. a
+  Gaussian negative log-likelihood), shift them by a lower bound first.
+
   Args:
-    learning_rate: Adam's learning rate for s (ignored with ``optimizer``).
+    learning_rate: Adam's learning rate for s, finite and > 0 (ignored with
+      ``optimizer``).
     optimizer: any optax transformation to learn s with, instead of Adam.
     num_tasks: K (required).
     shared: which leaves are shared (only for the interface).
@@ -230,8 +286,8 @@ def uw(
     Losses for Scene Geometry and Semantics", CVPR 2018, arXiv:1705.07115.
   """
   if optimizer is None:
-    if not learning_rate > 0:
-      raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}.")
+    learning_rate = _checks.real_hyperparameter(
+        "learning_rate", learning_rate, minimum=0.0, strict=True)
     optimizer = optax.adam(learning_rate)
   _needs_num_tasks("uw", num_tasks)
   base.check_num_tasks(num_tasks)
@@ -247,7 +303,9 @@ def uw(
     grad = 1.0 - jnp.exp(-s) * losses.astype(s.dtype)
     updates, opt_state = optimizer.update(grad, extra.opt_state, s)
     new_s = optax.apply_updates(s, updates)
-    return jnp.exp(-s).astype(gram.dtype), UWState(new_s, opt_state)
+    ok = jnp.all(jnp.isfinite(losses) & (losses >= 0))
+    return _unless(ok, jnp.exp(-s).astype(gram.dtype),
+                   UWState(new_s, opt_state), extra)
 
   hyper = ({"learning_rate": learning_rate} if optimizer is None
            else {"optimizer": optimizer})
@@ -266,6 +324,14 @@ def scale_invariant(
   d = Σ_i g_i / l_i, i.e. weights 1/l_i from ``losses=`` (required, > 0).
   Equivalently, linear scalarization of ``fair_loss(losses, 1.0)``; invariant
   to rescaling any task's loss.
+
+  log l_i is defined for l_i > 0 only: a call with a loss that is not finite
+  and > 0 gives NaN weights, hence a NaN update that
+  ``optax.apply_if_finite`` skips (never the gradient ascent of a negative
+  weight 1/l_i, nor the silent drop of a task with l_i = inf), and
+  ``state.weights`` keeps the last good weights. For losses that can be
+  negative (e.g. a Gaussian negative log-likelihood), shift them by a lower
+  bound first.
 
   Args:
     num_tasks: K; when given, ``state.weights`` holds the last weights.
@@ -292,7 +358,8 @@ def scale_invariant(
   def weights(gram, extra, *, init, losses):
     del init
     _needs_losses("scale_invariant", losses)
-    return 1.0 / losses.astype(gram.dtype), extra
+    ok = jnp.all(jnp.isfinite(losses) & (losses > 0))
+    return _unless(ok, 1.0 / losses.astype(gram.dtype), extra, extra)
 
   return _loss_aggregator("scale_invariant", weights, lambda k: None, {},
                           num_tasks, shared, max_norm)
@@ -319,7 +386,7 @@ def famo(
     gamma: float = 1e-3,
     w_lr: float = 0.025,
     *,
-    min_losses: float = 0.0,
+    min_losses: float | Any = 0.0,
     num_tasks: int | None = None,
     shared: _gram.Mask = None,
     max_norm: float | None = None,
@@ -343,13 +410,26 @@ def famo(
   then ``famo.update(post-step losses)``, then the next step); the authors
   re-evaluate the post-step losses on the *same* batch, whereas here they
   come from the next batch (identical for full-batch training). Needs
-  ``losses=`` (> l*) and ``num_tasks``.
+  ``losses=`` and ``num_tasks``.
+
+  l* is a lower bound of the losses: FAMO takes log(l_i − l_i*) (the
+  authors' code adds 1e-8, kept here, so l_i = l_i* is allowed and gives
+  that task almost all the weight). A call with a loss that is not finite
+  or is below its l_i* (e.g. a negative Gaussian negative log-likelihood
+  with the default l* = 0; the authors' code gives NaN there) gives NaN
+  weights, hence a NaN update that ``optax.apply_if_finite`` skips, and
+  leaves the state (logits, their optimizer state, the previous losses) as
+  it was after the last good call, whose losses the next call's δ then
+  uses. A call whose update is not finite for another reason (non-finite
+  gradients) also keeps the state. For losses that can be negative, give
+  their lower bound as ``min_losses``.
 
   Args:
-    gamma: weight decay γ of the logits (the FairGrad paper's CelebA and
-      NYU-v2 setting, 1e-3; the authors' class default is 1e-2).
-    w_lr: Adam's learning rate for the logits (the authors' 0.025).
-    min_losses: l*, the tasks' minimal losses (the authors' default 0).
+    gamma: weight decay γ >= 0 of the logits (the FairGrad paper's CelebA
+      and NYU-v2 setting, 1e-3; the authors' class default is 1e-2).
+    w_lr: Adam's learning rate for the logits, > 0 (the authors' 0.025).
+    min_losses: l*, lower bounds of the losses: one finite number for every
+      task, or a (K,) array of them (the authors' default 0).
     num_tasks: K (required).
     shared: which leaves are shared (only for the interface).
     max_norm: clip the global norm of the shared update (off; the authors'
@@ -373,12 +453,23 @@ def famo(
     Liu, Feng, Stone & Liu, "FAMO: Fast Adaptive Multitask Optimization",
     NeurIPS 2023, arXiv:2306.03792 (Algorithm 1).
   """
-  if not gamma >= 0:
-    raise ValueError(f"gamma must be >= 0, got {gamma!r}.")
-  if not w_lr > 0:
-    raise ValueError(f"w_lr must be > 0, got {w_lr!r}.")
+  gamma = _checks.real_hyperparameter("gamma", gamma, minimum=0.0)
+  w_lr = _checks.real_hyperparameter("w_lr", w_lr, minimum=0.0, strict=True)
   _needs_num_tasks("famo", num_tasks)
   base.check_num_tasks(num_tasks)
+  hyperparams = {"gamma": gamma, "w_lr": w_lr}
+  if not isinstance(min_losses, jax.core.Tracer):
+    min_losses = np.asarray(min_losses)
+    if (min_losses.shape not in ((), (num_tasks,))
+        or not np.issubdtype(min_losses.dtype, np.number)
+        or np.iscomplexobj(min_losses)
+        or not np.all(np.isfinite(min_losses))):
+      raise ValueError(
+          f"min_losses must be a finite number or an array of shape"
+          f" (num_tasks,) = ({num_tasks},) of them, got {min_losses!r}.")
+    if np.any(min_losses != 0):
+      hyperparams["min_losses"] = min_losses.tolist()
+    min_losses = jnp.asarray(min_losses, jnp.float32)
   optimizer = optax.chain(optax.add_decayed_weights(gamma),
                           optax.adam(w_lr))
   eps = 1e-8  # as in the authors' code
@@ -393,7 +484,9 @@ def famo(
     del init
     _needs_losses("famo", losses)
     xi = extra.logits
-    gap = losses.astype(xi.dtype) - min_losses + eps
+    losses = losses.astype(xi.dtype)
+    ok = jnp.all(jnp.isfinite(losses) & (losses >= min_losses))
+    gap = losses - min_losses + eps
     delta = jnp.log(extra.prev_losses - min_losses + eps) - jnp.log(gap)
     _, vjp = jax.vjp(jax.nn.softmax, xi)
     (grad,) = vjp(delta)
@@ -405,10 +498,9 @@ def famo(
     z = jax.nn.softmax(xi)
     w = (z / gap) / jnp.sum(z / gap)
     new = FAMOState(logits=xi, opt_state=opt_state,
-                    prev_losses=losses.astype(xi.dtype),
+                    prev_losses=losses,
                     count=jnp.minimum(extra.count + 1, 1))
-    return w.astype(gram.dtype), new
+    return _unless(ok, w.astype(gram.dtype), new, extra)
 
-  return _loss_aggregator("famo", weights, init,
-                          {"gamma": gamma, "w_lr": w_lr}, num_tasks, shared,
-                          max_norm)
+  return _loss_aggregator("famo", weights, init, hyperparams, num_tasks,
+                          shared, max_norm)

@@ -1,0 +1,55 @@
+"""Construction-time checks of float hyperparameters.
+
+A factory checks its hyperparameters once, with an error that names the
+argument, what is allowed and what was given. A traced value (e.g. under
+``optax.inject_hyperparams``) cannot be checked while tracing; it is passed
+through unchanged.
+"""
+
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def real_hyperparameter(name: str, value, *, minimum: float,
+                        strict: bool = False):
+  """Checks that ``value`` is a finite real number >= (or >) ``minimum``.
+
+  Args:
+    name: the argument's name, for the error message.
+    value: a Python/NumPy number, a 0-d array, or a tracer.
+    minimum: the smallest value allowed (-inf: any finite value).
+    strict: require value > minimum rather than >=.
+
+  Returns:
+    ``value`` as a Python float, or unchanged if it is traced.
+
+  Raises:
+    TypeError: ``value`` is not a real number (a bool, a string, a
+      non-scalar or complex array...).
+    ValueError: ``value`` is NaN, infinite or below ``minimum``.
+  """
+  if isinstance(value, jax.core.Tracer):
+    return value
+  if minimum == -math.inf:
+    bound = ""
+  else:
+    bound = f" > {minimum:g}" if strict else f" >= {minimum:g}"
+  is_number = (isinstance(value, numbers.Real)
+               and not isinstance(value, (bool, np.bool_)))
+  if not is_number and isinstance(value, (np.ndarray, jax.Array)):
+    is_number = (value.shape == () and (
+        jnp.issubdtype(value.dtype, jnp.floating)
+        or jnp.issubdtype(value.dtype, jnp.integer)))
+  if not is_number:
+    raise TypeError(f"{name} must be a finite real number{bound}, got"
+                    f" {value!r}.")
+  value = float(value)
+  if not math.isfinite(value) or value < minimum or (
+      strict and value == minimum):
+    raise ValueError(f"{name} must be a finite real number{bound}, got"
+                     f" {value!r}.")
+  return value
