@@ -132,6 +132,14 @@ def test_uw_accepts_zero_losses():
   assert np.all(np.isfinite(updates[1]))
 
 
+@pytest.mark.parametrize("method", ["dwa", "uw", "scale_invariant", "famo"])
+def test_complex_losses_are_refused_by_name(method):
+  agg = METHODS[method]()
+  with pytest.raises(TypeError, match=f"{method} needs real losses"):
+    agg.update({"w": jnp.eye(2)}, agg.init(None),
+               losses=jnp.ones(2, jnp.complex64))
+
+
 def test_scale_invariant_never_ascends():
   # 1/l < 0 for a negative loss would ascend that task's loss.
   agg = fairgrad_jax.scale_invariant()

@@ -33,6 +33,9 @@ def _needs_losses(name, losses):
   if losses is None:
     raise ValueError(f"{name} needs the task losses: update(grads, state,"
                      " params, losses=...) with losses of shape (K,).")
+  if not (jnp.issubdtype(losses.dtype, jnp.floating)
+          or jnp.issubdtype(losses.dtype, jnp.integer)):
+    raise TypeError(f"{name} needs real losses, got dtype {losses.dtype}.")
 
 
 def _needs_num_tasks(name, num_tasks):
