@@ -454,3 +454,97 @@ class TestQM9:
     (tmp_path / "f.npz").write_text("not a zip")
     with pytest.raises(ValueError, match="cannot read"):
       datasets.QM9(str(tmp_path / "f.npz"))
+
+
+# ----------------------------------------------------------------------------
+# Damaged files and bad values: errors name the file (and the index)
+
+
+class TestUnreadableAndNonFiniteData:
+
+  def test_qm9_non_finite_target_is_refused_with_its_index(self, tmp_path):
+    # Before, the NaN reached the training mean and so the standardised
+    # target 'U0' of every molecule.
+    y = np.arange(4 * 19, dtype=np.float32).reshape(4, 19)
+    y[2, 12] = np.nan  # column 12 is U0
+    _write_qm9(tmp_path / "qm9.npz", y=y)
+    with pytest.raises(ValueError, match=r"qm9\.npz.*molecule 2, target 'U0'"):
+      datasets.QM9(str(tmp_path), num_val=1, num_test=1)
+    y[2, 12] = 1.0
+    y[1, 4] = np.inf  # column 4 (gap) is not a target used: ignored
+    _write_qm9(tmp_path / "qm9.npz", y=y)
+    data = datasets.QM9(str(tmp_path), num_val=1, num_test=1)
+    assert np.all(np.isfinite(data.targets))
+
+  def test_qm9_non_finite_features_are_refused_with_their_index(self,
+                                                                 tmp_path):
+    pos = np.zeros((7, 3), np.float32)
+    pos[5, 1] = -np.inf
+    _write_qm9(tmp_path / "qm9.npz", pos=pos)
+    with pytest.raises(ValueError,
+                       match=r"'pos' in .*qm9\.npz.*\(5, 1\) \(atom 5, axis 1"):
+      datasets.QM9(str(tmp_path), num_val=1, num_test=1)
+
+  @pytest.mark.parametrize("damage", ["empty", "truncated"])
+  def test_qm9_unreadable_file_is_named(self, tmp_path, damage):
+    path = tmp_path / "qm9.npz"
+    _write_qm9(path)
+    data = path.read_bytes()
+    path.write_bytes(b"" if damage == "empty" else data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"cannot read .*qm9\.npz.*\.npz"):
+      datasets.QM9(str(tmp_path), num_val=1, num_test=1)
+
+  def test_nyuv2_uint8_images_are_scaled_to_unit_range(self, tmp_path):
+    _write_mtan(str(tmp_path), "train", NYU_SHAPES, num=1)
+    pixels = np.full((4, 6, 3), 200, np.uint8)
+    np.save(tmp_path / "train" / "image" / "0.npy", pixels)
+    image = datasets.NYUv2(str(tmp_path))[0]["image"]
+    assert image.dtype == np.float32
+    np.testing.assert_allclose(image, 200 / 255, rtol=1e-6)
+    np.save(tmp_path / "train" / "image" / "0.npy", pixels.astype(np.uint16))
+    with pytest.raises(ValueError, match=r"0\.npy.*uint16.*uint8"):
+      datasets.NYUv2(str(tmp_path))[0]
+
+  def test_mtan_non_finite_values_are_refused_with_file_and_index(self,
+                                                                  tmp_path):
+    _write_mtan(str(tmp_path), "train", NYU_SHAPES, num=2)
+    depth = np.ones((4, 6, 1), np.float32)
+    depth[3, 2, 0] = np.nan
+    np.save(tmp_path / "train" / "depth" / "1.npy", depth)
+    data = datasets.NYUv2(str(tmp_path))
+    data[0]  # fine
+    with pytest.raises(ValueError,
+                       match=r"depth.*1\.npy.*\(3, 2, 0\)"):
+      data[1]
+
+  @pytest.mark.parametrize("damage", ["empty", "truncated"])
+  def test_mtan_unreadable_file_is_named(self, tmp_path, damage):
+    _write_mtan(str(tmp_path), "val", CITY_SHAPES, num=2)
+    path = tmp_path / "val" / "label_7" / "1.npy"
+    data = path.read_bytes()
+    path.write_bytes(b"" if damage == "empty" else data[:len(data) - 8])
+    cityscapes = datasets.Cityscapes(str(tmp_path), "val")
+    with pytest.raises(ValueError, match=r"cannot read .*label_7.*1\.npy"):
+      cityscapes[1]
+
+  def test_celeba_truncated_image_is_named(self, tmp_path):
+    _write_celeba(str(tmp_path))
+    path = tmp_path / "Img" / "img_align_celeba" / "000002.jpg"
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    celeba = datasets.CelebA(str(tmp_path), image_size=4)
+    celeba.load_images([0])  # fine
+    with pytest.raises(ValueError, match=r"cannot read .*000002\.jpg"):
+      celeba.load_images([1])
+
+  def test_celeba_binary_annotation_file_is_named(self, tmp_path):
+    _write_celeba(str(tmp_path))
+    (tmp_path / "Anno" / "list_attr_celeba.txt").write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError,
+                       match=r"cannot read .*list_attr_celeba\.txt.*text"):
+      datasets.CelebA(str(tmp_path))
+    _write_celeba(str(tmp_path))
+    (tmp_path / "Eval" / "list_eval_partition.txt").write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError,
+                       match=r"cannot read .*list_eval_partition\.txt"):
+      datasets.CelebA(str(tmp_path))

@@ -4,11 +4,15 @@ Liu, Johns & Davison (MTAN, CVPR 2019) released both datasets preprocessed as
 one .npy file per image and per target::
 
     root/train/image/0.npy, 1.npy, ...     (H, W, 3) float, RGB in [0, 1]
+                                           (or uint8 0..255, scaled by 1/255)
     root/train/<target>/0.npy, 1.npy, ...  one folder per target
     root/val/...                           the same for the evaluation split
 
 The evaluation split is called ``val`` in that release (it is the test set of
 the papers that use it). Files are numbered 0..N-1 without gaps.
+
+An unreadable file (empty, truncated, damaged) raises a ValueError naming it;
+so does a NaN or an infinity in any file, with its index.
 """
 
 import fnmatch
@@ -86,15 +90,15 @@ class MTANDataset:
   def _load(self, key: str, index: int, height=None, width=None) -> np.ndarray:
     folder, trailing = self._folders[key]
     path = os.path.join(folder, f"{index}.npy")
-    try:
-      array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-      raise ValueError(f"{self.name}: cannot read {path!r}: {error}") from None
     if key == "image":
       expected = f"(H, W, {trailing[0]})"
-      ok = array.ndim == 3 and array.shape[-1] == trailing[0]
     else:
       expected = "(" + ", ".join(["H", "W"] + [str(t) for t in trailing]) + ")"
+    array = _files.load_npy(path, self.name,
+                            f"a .npy array of shape {expected}")
+    if key == "image":
+      ok = array.ndim == 3 and array.shape[-1] == trailing[0]
+    else:
       ok = (array.ndim == 2 + len(trailing)
             and array.shape[:2] == (height, width)
             and tuple(array.shape[2:]) == tuple(trailing))
@@ -104,7 +108,17 @@ class MTANDataset:
           + (f" with H, W = {height}, {width}" if key != "image" else "")
           + f". Expected layout:\n{self.layout}"
       )
-    return array
+    if not (np.issubdtype(array.dtype, np.floating)
+            or np.issubdtype(array.dtype, np.integer)):
+      raise ValueError(f"{self.name}: {path!r} holds {array.dtype} values,"
+                       " expected real numbers.")
+    if key == "image" and not (np.issubdtype(array.dtype, np.floating)
+                               or array.dtype == np.uint8):
+      raise ValueError(
+          f"{self.name}: image {path!r} has dtype {array.dtype}, expected"
+          " floats in [0, 1] or uint8 in 0..255.")
+    return _files.require_finite(array, self.name, path, key,
+                                 ("row", "column", "channel"))
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     """Example ``index`` as a dict of float32 arrays (labels int32)."""
@@ -112,6 +126,8 @@ class MTANDataset:
       raise IndexError(f"index {index} out of range for {len(self)} examples.")
     image = self._load("image", index)
     height, width = image.shape[:2]
+    if image.dtype == np.uint8:  # 0..255, scaled as documented to [0, 1]
+      image = image.astype(np.float32) / 255.0
     example = {"image": image.astype(np.float32)}
     for key in self._folders:
       if key != "image":

@@ -79,9 +79,15 @@ def _find_layout(root: str) -> tuple[str, str, str]:
   )
 
 
+def _read_text(path: str, expected: str) -> str:
+  with _files.reading(path, "CelebA", expected):
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+
+
 def _read_attributes(path: str) -> tuple[list[str], np.ndarray]:
-  with open(path) as f:
-    lines = [line.split() for line in f.read().splitlines() if line.strip()]
+  text = _read_text(path, "a text file of 40 attribute labels per image")
+  lines = [line.split() for line in text.splitlines() if line.strip()]
   if len(lines) < 2:
     raise ValueError(f"CelebA: {path!r} is too short for an attribute file.")
   names = lines[1]
@@ -113,17 +119,17 @@ def _read_attributes(path: str) -> tuple[list[str], np.ndarray]:
 
 def _read_partition(path: str) -> dict[str, int]:
   partition = {}
-  with open(path) as f:
-    for number, line in enumerate(f, start=1):
-      row = line.split()
-      if not row:
-        continue
-      if len(row) != 2 or row[1] not in ("0", "1", "2"):
-        raise ValueError(
-            f"CelebA: line {number} of {path!r} must be an image name and 0, 1"
-            f" or 2, got {line.strip()[:80]!r}."
-        )
-      partition[row[0]] = int(row[1])
+  text = _read_text(path, "a text file of image names and partitions 0/1/2")
+  for number, line in enumerate(text.splitlines(), start=1):
+    row = line.split()
+    if not row:
+      continue
+    if len(row) != 2 or row[1] not in ("0", "1", "2"):
+      raise ValueError(
+          f"CelebA: line {number} of {path!r} must be an image name and 0, 1"
+          f" or 2, got {line.strip()[:80]!r}."
+      )
+    partition[row[0]] = int(row[1])
   return partition
 
 
@@ -167,8 +173,10 @@ class CelebA:
 
     Raises:
       FileNotFoundError: when a required file or folder is missing.
-      ValueError: when an annotation file is malformed or the two files do
-        not list the same images.
+      ValueError: when an annotation file is unreadable (not UTF-8 text, ...;
+        the message names it) or malformed, or the two files do not list the
+        same images. An unreadable image (empty, truncated, damaged) raises a
+        ValueError naming it when it is loaded.
     """
     _files.check_split(split, tuple(_SPLITS), "CelebA")
     _files.require_dir(root, "CelebA", _LAYOUT)
@@ -205,9 +213,12 @@ class CelebA:
             f"CelebA: image {path!r} listed in the annotations is missing."
             f" Expected layout:\n{_LAYOUT}"
         )
-      with Image.open(path) as image:
-        image = image.convert("RGB").resize((width, height), Image.BILINEAR)
-        out[row] = np.asarray(image, np.float32) / 255.0
+      with _files.reading(path, "CelebA", "an image Pillow can decode"):
+        with Image.open(path) as image:
+          image = image.convert("RGB").resize((width, height),
+                                              Image.BILINEAR)
+          pixels = np.asarray(image, np.float32)
+      out[row] = pixels / 255.0
     return out
 
   def batches(

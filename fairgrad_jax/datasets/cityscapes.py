@@ -12,8 +12,8 @@ MTAN's release::
 
 The release also has label folders for other class sets (``label_19``...);
 ``num_classes`` picks ``label_<num_classes>``. Examples come back
-channel-last: ``image`` (H, W, 3) float32, ``label`` (H, W) int32, ``depth``
-(H, W, 1) float32.
+channel-last: ``image`` (H, W, 3) float32 in [0, 1] (uint8 files are divided
+by 255), ``label`` (H, W) int32, ``depth`` (H, W, 1) float32.
 
 References:
   Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention",
@@ -65,7 +65,9 @@ class Cityscapes(_mtan.MTANDataset):
     Raises:
       FileNotFoundError: a folder is missing or holds no .npy file.
       ValueError: files are misnamed, numbered with gaps, or the folders hold
-        different numbers of examples. Shapes are checked on loading.
+        different numbers of examples. Shapes, dtypes and finiteness are
+        checked on loading, where an unreadable file raises a ValueError
+        that names it.
     """
     if int(num_classes) != num_classes or num_classes < 2:
       raise ValueError(f"num_classes must be an integer >= 2, got "

@@ -12,8 +12,9 @@ files are those of MTAN's release::
     root/val/...                the same for the 654 evaluation images
 
 Examples come back channel-last (as flax convolutions take them): ``image``
-(H, W, 3) float32, ``label`` (H, W) int32, ``depth`` (H, W, 1) float32,
-``normal`` (H, W, 3) float32. The metrics of Table 2 are in
+(H, W, 3) float32 in [0, 1] (uint8 files are divided by 255), ``label``
+(H, W) int32, ``depth`` (H, W, 1) float32, ``normal`` (H, W, 3) float32.
+The metrics of Table 2 are in
 :mod:`fairgrad_jax.metrics` (``segmentation_scores``, ``depth_errors``,
 ``normal_errors``).
 
@@ -66,7 +67,9 @@ class NYUv2(_mtan.MTANDataset):
     Raises:
       FileNotFoundError: a folder is missing or holds no .npy file.
       ValueError: files are misnamed, numbered with gaps, or the folders hold
-        different numbers of examples. Shapes are checked on loading.
+        different numbers of examples. Shapes, dtypes and finiteness are
+        checked on loading, where an unreadable file raises a ValueError
+        that names it.
     """
     super().__init__(root, split, {
         "label": ("label", ()),

@@ -107,11 +107,12 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
   if os.path.isdir(path):
     path = os.path.join(path, "qm9.npz")
   _files.require_file(path, "QM9", _LAYOUT)
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      arrays = {key: f[key] for key in f.files}
-  except (OSError, ValueError) as error:
-    raise ValueError(f"QM9: cannot read {path!r} as .npz: {error}") from None
+  with _files.reading(path, "QM9", "an .npz archive of PyG's QM9 arrays"):
+    archive = np.load(path, allow_pickle=False)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+      raise ValueError(f"found one .npy array of shape {archive.shape}")
+    with archive:
+      arrays = {key: archive[key] for key in archive.files}
   expected = {
       "x": (None, _NUM_NODE_FEATURES), "pos": (None, 3),
       "edge_index": (2, None), "edge_attr": (None, _NUM_BOND_TYPES),
@@ -129,6 +130,30 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
           f" {tuple('?' if s is None else s for s in shape)}."
           f" Expected:\n{_LAYOUT}"
       )
+  index_names = {"x": ("atom", "feature"), "pos": ("atom", "axis"),
+                 "edge_index": ("row", "bond"), "edge_attr": ("bond", "type"),
+                 "y": ("molecule", "column"), "node_slice": ("molecule",),
+                 "edge_slice": ("molecule",)}
+  for key, names in index_names.items():
+    if not (np.issubdtype(arrays[key].dtype, np.floating)
+            or np.issubdtype(arrays[key].dtype, np.integer)):
+      raise ValueError(f"QM9: {key!r} in {path!r} holds"
+                       f" {arrays[key].dtype} values, expected real numbers.")
+    if key != "y":
+      _files.require_finite(arrays[key], "QM9", path, repr(key), names)
+  # Only the targets used are checked (the other columns are never read): a
+  # NaN would spread to that target of every molecule via the training mean.
+  targets = arrays["y"][:, list(QM9_TARGETS)]
+  bad = ~np.isfinite(targets)
+  if np.any(bad):
+    molecule, target = np.argwhere(bad)[0]
+    raise ValueError(
+        f"QM9: 'y' in {path!r} holds {int(bad.sum())} non-finite target"
+        f" value(s), the first {targets[molecule, target]} at molecule"
+        f" {molecule}, target {QM9_TARGET_NAMES[target]!r} (index"
+        f" ({molecule}, {QM9_TARGETS[target]}) of 'y'); the data must be"
+        " finite."
+    )
   node_slice = arrays["node_slice"].astype(np.int64)
   edge_slice = arrays["edge_slice"].astype(np.int64)
   num_graphs = arrays["y"].shape[0]
@@ -210,8 +235,10 @@ class QM9:
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: a missing array, a wrong shape, inconsistent slices or
-        out-of-range bond indices, or a split larger than the dataset.
+      ValueError: an unreadable file (empty, truncated, damaged; the message
+        names it), a missing array, a wrong shape, a NaN or infinity (with
+        its index), inconsistent slices or out-of-range bond indices, or a
+        split larger than the dataset.
     """
     arrays = _load_npz(path)
     self._x = arrays["x"].astype(np.float32)
