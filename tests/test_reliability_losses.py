@@ -236,6 +236,11 @@ def test_fair_loss_argument_errors():
     (fairgrad_jax.famo, {"min_losses": NAN, "num_tasks": 2}, "min_losses"),
     (fairgrad_jax.famo, {"min_losses": [0.0, 0.0, 0.0], "num_tasks": 2},
      "min_losses"),
+    (fairgrad_jax.cagrad, {"max_norm": INF}, "max_norm"),
+    (fairgrad_jax.pcgrad, {"max_norm": INF}, "max_norm"),
+    (fairgrad_jax.imtl_g, {"max_norm": INF}, "max_norm"),
+    (fairgrad_jax.famo, {"max_norm": INF, "num_tasks": 2}, "max_norm"),
+    (fairgrad_jax.rlw, {"max_norm": INF}, "max_norm"),
 ])
 def test_bad_hyperparameters_are_refused_by_name(factory, kwargs, name):
   with pytest.raises((ValueError, TypeError), match=rf"^{name} must be"):

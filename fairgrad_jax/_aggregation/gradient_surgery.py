@@ -64,6 +64,9 @@ def pcgrad(
     Multi-Task Learning", NeurIPS 2020, arXiv:2001.06782.
   """
   check_seed(seed)
+  if max_norm is not None:
+    max_norm = _checks.real_hyperparameter("max_norm", max_norm, minimum=0.0,
+                                           strict=True)
 
   def weights(gram, key, *, init, losses):
     del init, losses
@@ -126,6 +129,9 @@ def cagrad(
     Multi-task Learning", NeurIPS 2021, arXiv:2110.14048.
   """
   c = _checks.real_hyperparameter("c", c, minimum=0.0)
+  if max_norm is not None:
+    max_norm = _checks.real_hyperparameter("max_norm", max_norm, minimum=0.0,
+                                           strict=True)
   if not (isinstance(maxiter, int) and maxiter >= 1):
     raise ValueError(f"maxiter must be a positive int, got {maxiter!r}.")
 
@@ -178,6 +184,9 @@ def imtl_g(
     Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial
     Multi-task Learning", ICLR 2021 (IMTL-G, Section 3.2).
   """
+  if max_norm is not None:
+    max_norm = _checks.real_hyperparameter("max_norm", max_norm, minimum=0.0,
+                                           strict=True)
 
   def weights(gram, extra, *, init, losses):
     del init, losses

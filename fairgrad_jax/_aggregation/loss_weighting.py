@@ -59,6 +59,9 @@ def _all_finite(tree):
 
 def _loss_aggregator(name, weights, init, hyperparams, num_tasks, shared,
                      max_norm):
+  if max_norm is not None:
+    max_norm = _checks.real_hyperparameter("max_norm", max_norm, minimum=0.0,
+                                           strict=True)
   agg = base.weighted_aggregator(
       base.Weighting(weights=weights, init=init, degree=1.0,
                      weight_heads=True, needs_gram=False),
