@@ -170,7 +170,9 @@ def dwa(
   gives NaN weights, hence a NaN update that ``optax.apply_if_finite``
   skips, and leaves the state as it was: the loss never enters the history,
   so later steps are unaffected. A call whose update is not finite for
-  another reason (non-finite gradients) also keeps the state.
+  another reason (non-finite gradients) also keeps the state. A task whose
+  loss can be exactly 0 (or negative) needs a shift first, e.g. l + 1e-8:
+  every call with such a loss is skipped.
 
   Args:
     temperature: T > 0, finite (the paper's 2).
