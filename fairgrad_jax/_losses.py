@@ -48,7 +48,8 @@ def fair_loss(losses: jax.Array, alpha: float) -> jax.Array:
       schedule; a non-finite traced α gives NaN).
 
   Returns:
-    The transformed losses, same shape and dtype.
+    The transformed losses, same shape and dtype (integer losses are
+    promoted to float).
 
   Examples:
     >>> import jax, jax.numpy as jnp
