@@ -24,6 +24,7 @@ STL trains K single-task models (a one-head copy of the same architecture,
 task k's loss only) side by side with ``jax.vmap``: same steps, same batches.
 """
 
+import argparse
 import dataclasses
 import inspect
 import math
@@ -39,6 +40,11 @@ import optax
 import fairgrad_jax as fj
 from fairgrad_jax import metrics
 from fairgrad_jax import models
+
+from benchmarks._cli import HelpFormatter
+from benchmarks._cli import make_out_dir
+from benchmarks._cli import positive_int
+from benchmarks._cli import print_wrapped
 
 STL = "STL"
 
@@ -490,26 +496,76 @@ def split_available(methods: Sequence[Method]):
 # Command line
 
 
-def argument_parser(description: str, default_out: str):
-  """The options every benchmark script takes."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  p = argparse.ArgumentParser(description=description)
+def argument_parser(doc: str, default_out: str):
+  """The options every training benchmark takes (``doc``: the module's
+  docstring, shown by ``--help``)."""
+  p = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
   p.add_argument("--out", default=default_out,
-                 help="output folder for table.md, table.csv and the plot"
-                 f" (default {default_out})")
+                 help="folder for table.md, table.csv and the figure; created"
+                 " (or refused) before any training.")
   p.add_argument("--quick", action="store_true",
-                 help="a reduced run for CI smoke tests: few steps, two seeds,"
-                 " and only STL, LS and FairGrad α=2 unless --methods is given")
-  p.add_argument("--seeds", type=int, default=None,
-                 help="number of seeds (default 3; 2 with --quick)")
-  p.add_argument("--steps", type=int, default=None,
-                 help="training steps per run (default: the benchmark's)")
+                 help="smoke run for CI: a few steps on a small dataset, two"
+                 " seeds, and only STL, LS and FairGrad α=2 unless --methods"
+                 " is given. Its numbers are not meaningful.")
+  p.add_argument("--seeds", type=positive_int, default=None,
+                 help="number of seeds (initial weights and minibatch"
+                 " order); 3 by default, 2 with --quick.")
+  p.add_argument("--steps", type=positive_int, default=None,
+                 help="Adam steps per run, rounded down to a multiple of the"
+                 " progress chunk; the benchmark's own number by default.")
   p.add_argument("--methods", default=None,
                  help="comma-separated method names, e.g. 'STL,LS,FairGrad"
-                 " α=2' (spaces ignored; default: all)")
+                 " α=2' (spaces ignored); all by default. STL must be among"
+                 " them: Δm%% is measured against it.")
   p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
-                 help="tqdm progress bar (auto: only on a terminal)")
+                 help="tqdm progress bar on stderr (auto: only on a"
+                 " terminal).")
   return p
+
+
+def parse_args(parser, argv):
+  """Parses and validates, and creates ``--out``, before any training."""
+  args = parser.parse_args(argv)
+  make_out_dir(parser, args.out)
+  return args
+
+
+def chosen_methods(parser, args):
+  """(available, missing) methods of ``--methods``, STL checked up front."""
+  methods = select_methods(  # an unknown name: SystemExit with the choices
+      default_methods(),
+      args.methods or (QUICK_METHODS if args.quick else None))
+  if STL not in [m.name for m in methods]:
+    parser.error(f"--methods {args.methods!r} lacks {STL}: Δm% and the"
+                 " per-task columns are relative to single-task training, so"
+                 f" add {STL} to the list.")
+  return split_available(methods)
+
+
+QUICK_NOTICE = ("smoke run (--quick): few steps on a small dataset; the"
+                " numbers are not meaningful.")
+
+
+def plain_log_ticks(axis) -> None:
+  """Tick labels of a log-scale matplotlib axis as plain numbers (0.1, 2,
+  50), not 10⁻¹ or 2×10⁰. Call it once the data are plotted: an axis that
+  spans less than a decade gets evenly spaced ticks (a log axis shows none
+  there), a wider one labels its decades, and 2 and 5 in between while it
+  spans at most two decades."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
+  ax = axis.axes
+  lo, hi = sorted(ax.get_xlim() if axis is ax.xaxis else ax.get_ylim())
+  plain = ticker.FuncFormatter(lambda v, _: f"{v:.4g}")
+  axis.set_major_formatter(plain)
+  if hi / lo < 10:
+    axis.set_major_locator(ticker.MaxNLocator(nbins=6))
+    axis.set_minor_locator(ticker.NullLocator())
+  else:
+    axis.set_major_locator(ticker.LogLocator(base=10))
+    axis.set_minor_locator(ticker.LogLocator(base=10, subs=(2.0, 5.0)))
+    axis.set_minor_formatter(plain if hi / lo <= 100
+                             else ticker.NullFormatter())
 
 
 def progress_flag(args) -> bool | None:

@@ -49,6 +49,8 @@ import optax
 import fairgrad_jax
 from fairgrad_jax.models import CelebACNN
 
+from benchmarks import _cli
+
 
 class Problem(NamedTuple):
   """A K-task model split as encoder and heads, with its data.
@@ -241,20 +243,40 @@ def measure(step, carry, args, repeats):
   return peak_bytes(compiled), float(np.median(times))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
-  parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10, 40])
-  parser.add_argument("--d-in", type=int, default=256, help="MLP input")
-  parser.add_argument("--hidden", type=int, default=1024, help="MLP width")
-  parser.add_argument("--image-size", type=int, default=32, help="CNN input")
-  parser.add_argument("--batch", type=int, default=None,
-                      help="default: 256 (MLP), 32 (CNN)")
-  parser.add_argument("--alpha", type=float, default=2.0)
-  parser.add_argument("--repeats", type=int, default=10)
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=_cli.HelpFormatter)
+  parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                      help="the multi-task MLP, or FAMO's CelebA CNN at half"
+                      " width.")
+  parser.add_argument("--tasks", type=_cli.positive_int, nargs="+",
+                      default=[2, 10, 40],
+                      help="task counts K, one block of rows each.")
+  parser.add_argument("--d-in", type=_cli.positive_int, default=256,
+                      help="input width of the MLP.")
+  parser.add_argument("--hidden", type=_cli.positive_int, default=1024,
+                      help="width of the MLP's two hidden layers.")
+  parser.add_argument("--image-size", type=_cli.positive_int, default=32,
+                      help="side of the CNN's square input images.")
+  parser.add_argument("--batch", type=_cli.positive_int, default=None,
+                      help="batch size; 256 for the MLP, 32 for the CNN by"
+                      " default.")
+  parser.add_argument("--alpha", type=float, default=2.0,
+                      help="FairGrad's α.")
+  parser.add_argument("--repeats", type=_cli.positive_int, default=10,
+                      help="timed calls per step (after two warm-ups); the"
+                      " median is reported.")
   parser.add_argument("--out", type=str, default=None,
-                      help="also write the table (markdown) to this file")
-  args = parser.parse_args()
+                      help="also write the table (Markdown) to this file;"
+                      " checked to be writable before any measurement.")
+  args = parser.parse_args(argv)
+  if args.out:
+    try:
+      with open(args.out, "a"):
+        pass
+    except OSError as e:
+      parser.error(f"--out {args.out}: cannot write this file"
+                   f" ({e.strerror or e}).")
   if args.batch is None:
     args.batch = 256 if args.model == "mlp" else 32
   make_problem = mlp_problem if args.model == "mlp" else cnn_problem
@@ -286,6 +308,11 @@ def main():
              f" {times} |")
       print(row, flush=True)
       rows.append(row)
+  note = ("peak MiB: XLA's peak memory of the compiled step; × 1-task grad:"
+          " that peak over one task's gradient step; step ms: median wall"
+          " time of one step; × LS: that time over linear scalarization's.")
+  _cli.print_wrapped(note)
+  rows.append("\n" + note)
   if args.out:
     with open(args.out, "w") as f:
       f.write("\n".join(rows) + "\n")

@@ -62,7 +62,7 @@ def make_problem(num_train: int = 10_000, num_test: int = 2_000
   )
 
 
-def plot(path, problem, results, summaries, steps_per_point):
+def plot(path, problem, results, summaries, steps_per_point, quick=False):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -80,7 +80,8 @@ def plot(path, problem, results, summaries, steps_per_point):
   bars.set_ylim(lo - 1.0, hi + 0.5)
   bars.set_xticks(x, [f"task: {t} digit" for t in problem.task_names])
   bars.set_ylabel("test accuracy (%), mean ± std over seeds")
-  bars.set_title("Per-task test accuracy (legend: right)")
+  bars.set_title("Per-task test accuracy")
+  bars.legend(fontsize=7, ncol=2, loc="lower right")
   for i, name in enumerate(names):
     total = results[name].curves.sum(axis=2).mean(axis=0)  # sum over tasks
     steps = (np.arange(len(total)) + 1) * steps_per_point
@@ -90,26 +91,36 @@ def plot(path, problem, results, summaries, steps_per_point):
   curves.set_ylabel("training loss, sum over tasks (mean over seeds)")
   curves.set_title("Training loss (STL: sum of the single-task models)")
   curves.legend(fontsize=7, ncol=2)
-  fig.suptitle(f"{problem.name}: {len(results[names[0]].metrics)} seeds,"
-               f" {int(steps[-1])} Adam steps each")
+  _training.plain_log_ticks(curves.yaxis)
+  fig.suptitle(f"{problem.name} (two overlaid 8×8 digits, a LeNet with two"
+               f" heads): {len(results[names[0]].metrics)} seeds,"
+               f" {int(steps[-1])} Adam steps each"
+               + (" (--quick smoke run: not meaningful)" if quick else ""))
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
+EXPLANATION = (
+    "Δm%: mean relative accuracy drop against STL (lower is better), per"
+    " seed, mean ± std. MR: mean rank over the multi-task methods (dense"
+    " ties). Worst task: the largest per-task drop against STL. Step time:"
+    " median wall time of one jitted training step relative to LS (STL: the"
+    " two single-task models together).")
+
+
 def main(argv=None):
-  parser = _training.argument_parser(__doc__.splitlines()[0],
+  parser = _training.argument_parser(__doc__,
                                      os.path.join("results", "multidigits"))
-  args = parser.parse_args(argv)
+  args = _training.parse_args(parser, argv)
+  methods, missing = _training.chosen_methods(parser, args)
   quick = args.quick
+  if quick:
+    print(_training.QUICK_NOTICE)
   steps = args.steps or (QUICK_STEPS if quick else STEPS)
   chunk = QUICK_CHUNK if quick else CHUNK
   steps = max(chunk, steps - steps % chunk)
   seeds = list(range(args.seeds or (2 if quick else 3)))
-  methods = _training.select_methods(
-      _training.default_methods(),
-      args.methods or (_training.QUICK_METHODS if quick else None))
-  methods, missing = _training.split_available(methods)
 
   problem = (make_problem(num_train=2_000, num_test=500) if quick
              else make_problem())
@@ -120,7 +131,6 @@ def main(argv=None):
       progress=_training.progress_flag(args))
   summaries = _training.summarize(problem, results)
 
-  os.makedirs(args.out, exist_ok=True)
   table = _training.markdown_table(problem, summaries, per_task_columns=True,
                                    digits=2)
   setup = (f"MultiDigits (2 tasks), test accuracy (%) per task, mean ± std"
@@ -130,19 +140,22 @@ def main(argv=None):
            f" {len(problem.train_inputs)} training / {len(problem.test_inputs)}"
            " test canvases.")
   with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(f"# {problem.name}\n\n{setup}\n\n{table}\n"
+    f.write(f"# {problem.name}\n\n"
+            + (f"**{_training.QUICK_NOTICE}**\n\n" if quick else "")
+            + f"{setup}\n\n{table}\n"
             + _training.unavailable_note(missing)
-            + "\nΔm%: mean relative accuracy drop against STL (lower is"
-            " better), per seed, mean ± std. MR: mean rank over the"
-            " multi-task methods (dense ties). Worst task: the largest"
-            " per-task drop against STL. Step time: median wall time of one"
-            " jitted training step relative to LS (STL: the two single-task"
-            " models together).\n")
+            + f"\n{EXPLANATION}\n")
   header, rows = _training.csv_rows(problem, summaries)
   _training.write_csv(os.path.join(args.out, "table.csv"), header, rows)
   plot(os.path.join(args.out, "multidigits.png"), problem, results, summaries,
-       chunk)
+       chunk, quick)
+  print()
+  _training.print_wrapped(setup)
   print(table)
+  _training.print_wrapped(f"Per-task columns: test accuracy (%), higher is"
+                          f" better. {EXPLANATION}")
+  if quick:
+    print(_training.QUICK_NOTICE)
   print(f"\nwrote {args.out}/table.md, table.csv, multidigits.png")
   return summaries
 

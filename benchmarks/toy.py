@@ -40,6 +40,8 @@ from tqdm import tqdm  # noqa: E402
 import fairgrad_jax as fj  # noqa: E402
 from fairgrad_jax import toy  # noqa: E402
 
+from benchmarks import _cli  # noqa: E402
+
 # α of the four panels of the paper's Figure 1 (10 stands for max-min).
 FIGURE_ALPHAS = (0.0, 1.0, 2.0, 10.0)
 # α for which every start must end Pareto stationary on the front.
@@ -131,50 +133,76 @@ def final_rows(name, traj):
   return rows
 
 
-def plot_panels(trajs, titles, path, num_steps):
+def plot_panels(trajs, titles, path, num_steps, suptitle):
   """One loss-space panel per method, as the paper's Figure 1."""
   n = len(titles)
   ncols = min(n, 4) if n != 6 else 3
   nrows = -(-n // ncols)
   fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.0 * nrows),
                            sharex=True, sharey=True, squeeze=False)
-  cmap = matplotlib.colormaps["magma_r"]
   for ax, (name, title) in zip(axes.flat, titles):
     toy.plot_trajectories(ax, trajs[name], title)
     ax.tick_params(labelleft=True, labelbottom=True)
   for ax in list(axes.flat)[n:]:
     ax.set_visible(False)
   handles, labels = axes.flat[0].get_legend_handles_labels()
-  sm = plt.cm.ScalarMappable(
-      cmap=matplotlib.colors.ListedColormap(cmap(np.linspace(0.1, 0.6, 256))),
-      norm=plt.Normalize(0, num_steps))
-  # Room for the legend (about 0.4 inch) above the panels.
-  fig.tight_layout(rect=(0, 0, 0.93, 1 - 0.4 / (4.0 * nrows)))
+  # Room above the panels for the title (two lines) and the legend.
+  top = 1 - 1.0 / (4.0 * nrows)
+  fig.tight_layout(rect=(0, 0, 0.915, top))
+  fig.suptitle(suptitle, y=0.995, fontsize=11)
   fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False,
-             fontsize=11)
-  cax = fig.add_axes((0.945, 0.12, 0.012, 0.7))
-  fig.colorbar(sm, cax=cax, label="step")
+             fontsize=10, bbox_to_anchor=(0.5, top + 0.35 / (4.0 * nrows)))
+  cax = fig.add_axes((0.93, 0.12, 0.012, 0.7))
+  toy.step_colorbar(fig, num_steps, cax=cax)
   fig.savefig(path, dpi=130, facecolor="white")
   plt.close(fig)
 
 
+def figure_title(what, args):
+  """The two-line title: what is drawn and how it was run."""
+  stop = ("every step run (--no-stop)" if args.no_stop else
+          f"a start stops once its relative gap stays < {args.stop_tol:g}")
+  return (f"{what} on the toy problem of Ban & Ji's Figure 1, in loss space"
+          f" (ℓ₁, ℓ₂)\n{len(toy.STARTS)} starts, {args.steps} Adam steps at"
+          f" learning rate {args.lr:g}; {stop}")
+
+
+# The printed table's columns, explained under it.
+TABLE_NOTE = (
+    "x1, x2: the final point; l1, l2: its losses; rel_gap: its Pareto-"
+    "stationarity gap min_γ |γ g1 + (1-γ) g2| relative to the smaller"
+    " gradient norm; stopped: the step at which the start stopped, once its"
+    " rel_gap stayed below --stop-tol for 100 steps (-1: never stopped, it ran"
+    " every step); front: rel_gap < 0.01 with -7 <= x1 <= 7 (on the drawn"
+    " Pareto front). The same columns, with the absolute gap, are in"
+    " final_points.csv.")
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=_cli.HelpFormatter)
   parser.add_argument("--out", type=pathlib.Path, default="results/toy",
-                      help="output folder")
-  parser.add_argument("--steps", type=int, default=toy.NUM_STEPS,
-                      help="Adam steps per start (paper: 35000)")
-  parser.add_argument("--lr", type=float, default=toy.LEARNING_RATE,
-                      help="Adam learning rate (paper: 1e-3)")
-  parser.add_argument("--stop-tol", type=float, default=1e-3,
+                      help="folder for the two figures and final_points.csv;"
+                      " created (or refused) before any run.")
+  parser.add_argument("--steps", type=_cli.positive_int,
+                      default=toy.NUM_STEPS,
+                      help="Adam steps per start (the paper's number by"
+                      " default).")
+  parser.add_argument("--lr", type=_cli.positive_float,
+                      default=toy.LEARNING_RATE,
+                      help="Adam's learning rate (the paper's by default).")
+  parser.add_argument("--stop-tol", type=_cli.positive_float, default=1e-3,
                       help="stop a start once its relative Pareto-"
-                      "stationarity gap stays below this for 100 steps")
+                      "stationarity gap stays below this for 100 steps.")
   parser.add_argument("--no-stop", action="store_true",
-                      help="run every step, never stop at the front")
+                      help="run every step, never stop at the front (FairGrad"
+                      " with α >= 2 then drifts along it).")
   parser.add_argument("--baseline-alpha", type=float, default=2.0,
-                      help="FairGrad's α in the baseline figure")
+                      help="FairGrad's α in the baselines figure.")
   args = parser.parse_args(argv)
-  args.out.mkdir(parents=True, exist_ok=True)
+  if not args.baseline_alpha >= 0:
+    parser.error(f"--baseline-alpha must be >= 0, got {args.baseline_alpha}")
+  _cli.make_out_dir(parser, args.out)
 
   t_start = time.perf_counter()
   cache = {}
@@ -182,7 +210,8 @@ def main(argv=None):
   trajs = run_methods(fair, args, cache)
   plot_panels(trajs, [(f"fairgrad_alpha{a:g}", PANEL_TITLES[a])
                       for a in FIGURE_ALPHAS],
-              args.out / "toy_fairgrad.png", args.steps)
+              args.out / "toy_fairgrad.png", args.steps,
+              figure_title("FairGrad for four α", args))
   t_fairgrad = time.perf_counter() - t_start
 
   baselines = baseline_methods(args.baseline_alpha)
@@ -190,7 +219,8 @@ def main(argv=None):
   if have_baselines:
     trajs |= run_methods(baselines, args, cache)
     plot_panels(trajs, [(name, title) for name, title, _ in baselines],
-                args.out / "toy_baselines.png", args.steps)
+                args.out / "toy_baselines.png", args.steps,
+                figure_title("Baselines and FairGrad", args))
   else:
     print("No baselines exported by fairgrad_jax yet: skipping"
           " toy_baselines.png.")
@@ -209,6 +239,7 @@ def main(argv=None):
     print(f"{r['method']:<20} {r['start']:<12} {r['x1']:>8} {r['x2']:>8}"
           f" {r['l1']:>8} {r['l2']:>9} {r['rel_gap']:>10}"
           f" {r['stopped_at']:>8} {r['pareto_stationary_on_front']}")
+  _cli.print_wrapped(TABLE_NOTE)
   print("\nSeconds per method (compile + run):")
   for name, (_, seconds) in cache.items():
     print(f"  {name:<20} {seconds:6.1f}")

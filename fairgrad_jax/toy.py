@@ -39,6 +39,7 @@ __all__ = [
     "pareto_stationarity_gap",
     "plot_trajectories",
     "run_trajectories",
+    "step_colorbar",
     "toy_losses",
 ]
 
@@ -351,3 +352,29 @@ def plot_trajectories(ax, trajectories: ToyTrajectories,
   ax.set_xlabel(r"$\ell_1$", fontsize=13)
   ax.set_ylabel(r"$\ell_2$", fontsize=13)
   return ax
+
+
+def step_colorbar(fig, num_steps: int, *, ax=None, cax=None,
+                  cmap: str = "magma_r", **kwargs):
+  """The colourbar of :func:`plot_trajectories`' dots: Adam step, 0 to
+  ``num_steps``, on the same [0.1, 0.6] slice of ``cmap``.
+
+  Args:
+    fig: the matplotlib figure.
+    num_steps: the last step of the run (the dark end of the bar).
+    ax: axes to take the bar's room from (as ``fig.colorbar``'s ``ax``).
+    cax: axes to draw the bar in instead.
+    cmap: the colormap given to :func:`plot_trajectories`.
+    **kwargs: passed on to ``fig.colorbar`` (e.g. ``fraction``, ``pad``).
+
+  Returns:
+    The colorbar.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  colormap = matplotlib.colormaps[cmap]
+  mappable = matplotlib.cm.ScalarMappable(
+      cmap=matplotlib.colors.ListedColormap(
+          colormap(np.linspace(0.1, 0.6, 256))),
+      norm=matplotlib.colors.Normalize(0, num_steps))
+  return fig.colorbar(mappable, ax=ax, cax=cax, label="Adam step", **kwargs)

@@ -121,3 +121,133 @@ def test_memory_and_time_problems(model):
         assert (jax.tree.structure(out)
                 == jax.tree.structure(problem.params)), name
         assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(out))
+
+
+# Arguments are validated before any training (issue 12, item 9): a bad
+# count, an --out that cannot be written or a method list without STL is
+# refused at once with a message, never after the whole run (nor replaced
+# by a default, as `args.x or default` did with 0).
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+  """Makes any training fail loudly: the checks must come first."""
+  from benchmarks import _training  # pylint: disable=g-import-not-at-top
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("training started before the arguments were checked")
+
+  monkeypatch.setattr(_training, "run_benchmark", refuse)
+
+
+def _a_file_in_the_way(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  return str(blocker / "out")  # a folder under a regular file
+
+
+@pytest.mark.parametrize("script", [multidigits, synthetic])
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "--seeds: must be a positive count"),
+    (["--seeds", "-2"], "--seeds: must be a positive count"),
+    (["--steps", "0"], "--steps: must be a positive count"),
+    (["--steps", "-5"], "--steps: must be a positive count"),
+    (["--methods", "LS,FairGrad α=2"], "lacks STL"),
+])
+def test_bad_arguments_are_refused_before_training(
+    script, argv, message, tmp_path, no_training, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    script.main(["--quick", "--out", str(tmp_path), "--progress", "off"]
+                + argv)
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", [multidigits, synthetic])
+def test_unwritable_out_is_refused_before_training(
+    script, tmp_path, no_training, capsys):
+  out = _a_file_in_the_way(tmp_path)
+  with pytest.raises(SystemExit):
+    script.main(["--quick", "--out", out, "--progress", "off"])
+  assert f"--out {out}: cannot create or write" in capsys.readouterr().err
+
+
+def test_out_is_created_before_training(tmp_path, no_training):
+  out = tmp_path / "new" / "folder"
+  with pytest.raises(AssertionError, match="training started"):
+    multidigits.main(["--quick", "--out", str(out), "--progress", "off"])
+  assert out.is_dir()
+
+
+def test_synthetic_task_counts_are_checked(tmp_path, no_training, capsys):
+  with pytest.raises(SystemExit):
+    synthetic.main(["--quick", "--tasks", "10,1", "--out", str(tmp_path)])
+  assert "every task count must be 2 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps: must be a positive count"),
+    (["--lr", "0"], "--lr: must be > 0"),
+    (["--stop-tol", "-1"], "--stop-tol: must be > 0"),
+])
+def test_toy_arguments_are_checked(argv, message, tmp_path, capsys):
+  from benchmarks import toy as toy_benchmark  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit):
+    toy_benchmark.main(["--out", str(tmp_path)] + argv)
+  assert message in capsys.readouterr().err
+
+
+def test_toy_unwritable_out_is_refused_before_any_run(
+    tmp_path, monkeypatch, capsys):
+  from benchmarks import toy as toy_benchmark  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(toy_benchmark, "run_methods", lambda *a: 1 / 0)
+  out = _a_file_in_the_way(tmp_path)
+  with pytest.raises(SystemExit):
+    toy_benchmark.main(["--out", out])
+  assert f"--out {out}: cannot create or write" in capsys.readouterr().err
+
+
+def test_memory_and_time_arguments_are_checked(tmp_path, capsys):
+  from benchmarks import memory_and_time  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit):
+    memory_and_time.main(["--repeats", "0"])
+  assert "--repeats: must be a positive count" in capsys.readouterr().err
+  out = _a_file_in_the_way(tmp_path)
+  with pytest.raises(SystemExit):
+    memory_and_time.main(["--out", out])
+  assert f"--out {out}: cannot write" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["toy", "multidigits", "synthetic",
+                                  "memory_and_time"])
+def test_help_explains_every_option_with_its_default(name, capsys):
+  import importlib  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module(f"benchmarks.{name}")
+  with pytest.raises(SystemExit):
+    module.main(["--help"])
+  text = capsys.readouterr().out
+  options = text[text.index("options:"):]
+  # One entry per option: "--name ..." then its sentence; every option other
+  # than --help has a help sentence, and defaults are shown.
+  entries = [e for e in options.split("\n  --")[1:]
+             if not e.startswith("help")]
+  assert entries
+  for entry in entries:
+    words = entry.split(None, 1)
+    assert len(words) == 2 and len(words[1].split()) >= 3, entry
+  assert "(default:" in options
+
+
+def test_quick_runs_say_they_are_smoke_runs(tmp_path, monkeypatch, capsys):
+  """--quick prints the notice before training (stopped here at once)."""
+  from benchmarks import _training  # pylint: disable=g-import-not-at-top
+
+  def stop(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(_training, "run_benchmark", stop)
+  for script in (multidigits, synthetic):
+    with pytest.raises(KeyboardInterrupt):
+      script.main(["--quick", "--out", str(tmp_path), "--progress", "off"])
+    out = capsys.readouterr().out
+    assert "smoke run (--quick)" in out and "not meaningful" in out, out
