@@ -68,7 +68,7 @@ def plot(path, problem, results, summaries, steps_per_point, quick=False):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   names = [s.name for s in summaries]
-  fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.6))
+  fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 5.0))
   width = 0.8 / len(names)
   colors = plt.get_cmap("tab20")(np.linspace(0, 1, len(names)))
   x = np.arange(problem.num_tasks)
@@ -81,7 +81,9 @@ def plot(path, problem, results, summaries, steps_per_point, quick=False):
   bars.set_xticks(x, [f"task: {t} digit" for t in problem.task_names])
   bars.set_ylabel("test accuracy (%), mean ± std over seeds")
   bars.set_title("Per-task test accuracy")
-  bars.legend(fontsize=7, ncol=2, loc="lower right")
+  # Below the axes: the bars fill the panel's height.
+  bars.legend(fontsize=7, ncol=5, loc="upper center",
+              bbox_to_anchor=(0.5, -0.1), frameon=False)
   for i, name in enumerate(names):
     total = results[name].curves.sum(axis=2).mean(axis=0)  # sum over tasks
     steps = (np.arange(len(total)) + 1) * steps_per_point

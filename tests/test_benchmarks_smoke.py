@@ -251,3 +251,37 @@ def test_quick_runs_say_they_are_smoke_runs(tmp_path, monkeypatch, capsys):
       script.main(["--quick", "--out", str(tmp_path), "--progress", "off"])
     out = capsys.readouterr().out
     assert "smoke run (--quick)" in out and "not meaningful" in out, out
+
+
+def _fake_results(monkeypatch):
+  """Replaces training by seeded random results of the right shapes, so that
+  the report (tables, notes, figure) of a full-size run can be checked in
+  seconds."""
+  from benchmarks import _training  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  def fake(problem, methods, *, seeds, steps, chunk, **kwargs):
+    del kwargs
+    rng = np.random.default_rng(0)
+    k = problem.num_tasks
+    return {m.name: _training.RunResult(
+        metrics=rng.uniform(0.2, 0.9, (len(seeds), k)) * 100,
+        curves=np.exp(-np.linspace(0, 3, steps // chunk))[None, :, None]
+        * rng.uniform(0.5, 2.0, (len(seeds), 1, k)),
+        step_seconds=float(rng.uniform(0.01, 0.1))) for m in methods}
+
+  monkeypatch.setattr(_training, "run_benchmark", fake)
+
+
+@pytest.mark.parametrize("script", [multidigits, synthetic])
+def test_full_report_fits_120_columns_and_explains_its_columns(
+    script, tmp_path, monkeypatch, capsys):
+  _fake_results(monkeypatch)
+  script.main(["--out", str(tmp_path), "--progress", "off"])
+  out = capsys.readouterr().out
+  too_wide = [line for line in out.splitlines() if len(line) > 120]
+  assert not too_wide, too_wide
+  assert "Δm%: mean relative" in out and "MR: mean rank" in out
+  assert "smoke run" not in out  # not a --quick run
+  png = next(tmp_path.glob("*.png"))
+  _check_png(png)
