@@ -123,6 +123,39 @@ def block_product(a_leaves, b_leaves, dtype):
   return jax.lax.cond(in_range, lambda: plain, rescaled)
 
 
+def restrict_jvp(jvp_fn, params, mask):
+  """``jvp_fn`` as a function of the shared leaves' tangents alone.
+
+  Returns ``shared_tangents (list, in leaf order) -> jvp_fn(t)`` where ``t``
+  holds them on the shared leaves and zero elsewhere, without ever putting
+  an array of zeros into the program: the linear map is linearized once
+  more, at zero, in the shared tangents only, so JAX treats the other
+  tangents as symbolic zeros and emits no product for them.
+
+  Zeros built with ``jnp.zeros_like`` are not only wasted products (e.g.
+  h @ 0 for every task head): XLA sees them as a broadcast constant, and its
+  CPU backend (jaxlib 0.10, the YNNPACK dot fusion) can return NaN for a
+  dot with such an operand fused with the elementwise ops and the reduction
+  that follow, e.g. ``jax.jit(lambda a, p: ((a @ jnp.zeros((1024, 16)) + p)
+  * p).sum(0))`` for a (256, 1024) ``a``. That gave NaN Gram matrices with
+  ``shared=`` on an MLP of that width (issue 12).
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  if all(mask):
+    return lambda shared: jvp_fn(jax.tree.unflatten(treedef, shared))
+  # The primal leaves only give the tangents their shapes and dtypes; the
+  # second linearization's primal output is never used (dead code).
+  zeros = [jnp.zeros(jnp.shape(x), jnp.result_type(x)) for x in leaves]
+
+  def full(shared):
+    it = iter(shared)
+    return jvp_fn(jax.tree.unflatten(
+        treedef, [next(it) if m else z for z, m in zip(zeros, mask)]))
+
+  _, shared_jvp = jax.linearize(full, _masked(zeros, mask))
+  return shared_jvp
+
+
 def gram_from_vjp(vjp_fn, k, loss_dtype, mask, *, chunk_size=None,
                   jvp_fn=None, params=None, task_grad_fn=None):
   """(K, K) Gram matrix J Jᵀ of a linearized function, chunk by chunk.
@@ -161,16 +194,14 @@ def gram_from_vjp(vjp_fn, k, loss_dtype, mask, *, chunk_size=None,
   dtype = _gram.solve_dtype(_masked(probe, mask))
 
   if jvp_fn is not None:
-    treedef = jax.tree.structure(params)
+    shared_jvp = restrict_jvp(jvp_fn, params, mask)
 
     def columns(ct):
-      leaves = rows(ct)
-      e = _gram.log2_scale(_masked(leaves, mask), dtype)
+      shared = _masked(rows(ct), mask)
+      e = _gram.log2_scale(shared, dtype)
       inv = jnp.exp2(-e)
-      # Tangents: the chunk's gradients / σ on the shared leaves, 0 elsewhere.
-      tangents = [(x * inv.astype(x.dtype)) if m else jnp.zeros_like(x)
-                  for x, m in zip(leaves, mask)]
-      cols = jax.vmap(jvp_fn)(jax.tree.unflatten(treedef, tangents))
+      # Tangents: the chunk's gradients / σ on the shared leaves.
+      cols = jax.vmap(shared_jvp)([x * inv.astype(x.dtype) for x in shared])
       return cols.astype(dtype) * jnp.exp2(e)  # (chunk, K) = (J J_Cᵀ)ᵀ
 
     cols = jax.lax.map(columns, cotangents)  # (n, chunk, K)

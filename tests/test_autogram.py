@@ -203,3 +203,45 @@ def test_bad_arguments():
   wrong = fairgrad_jax.weighted_grad(_losses, lambda g: g)
   with pytest.raises(ValueError, match=r"\(5,\) weights"):
     wrong(params, x, y)
+
+
+def _mlp_losses(params, x, y):
+  """A ReLU MLP trunk with one linear head per task, MSE per task."""
+  h = jax.nn.relu(x @ params["trunk"]["w1"] + params["trunk"]["b1"])
+  h = jax.nn.relu(h @ params["trunk"]["w2"] + params["trunk"]["b2"])
+  pred = h @ params["heads"]["w"].T + params["heads"]["b"]
+  return jnp.mean((pred - y) ** 2, axis=0)
+
+
+def _mlp_problem(k, width=32, din=8, batch=256, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 5)
+  params = {
+      "trunk": {"w1": jax.random.normal(keys[0], (din, width)) / din ** 0.5,
+                "b1": jnp.zeros(width),
+                "w2": jax.random.normal(keys[1], (width, width)) / width ** 0.5,
+                "b2": jnp.zeros(width)},
+      "heads": {"w": jax.random.normal(keys[2], (k, width)) / width ** 0.5,
+                "b": jnp.zeros(k)},
+  }
+  x = jax.random.normal(keys[3], (batch, din))
+  y = jax.random.normal(keys[4], (batch, k))
+  return params, x, y
+
+
+@pytest.mark.parametrize("k", [2, 4, 10, 40])
+def test_default_path_with_shared_heads_is_finite(k):
+  """Issue 12: the default path (jvp, one chunk) with ``shared=`` gave NaN
+  weights on XLA's CPU backend from K = 4 (batch 256): the other leaves'
+  zero tangents became products with a broadcast constant zero, which the
+  CPU dot fusion gets wrong. The weights must equal the stacked ones."""
+  params, x, y = _mlp_problem(k)
+  shared = {"trunk": True, "heads": False}
+  out = jax.jit(fairgrad_jax.weighted_grad(_mlp_losses, _fairgrad2,
+                                           shared=shared))(params, x, y)
+  jac = jax.jacrev(_mlp_losses)(params, x, y)
+  w_ref = _fairgrad2_jit(fairgrad_jax.gram_matrix(jac, shared=shared))
+  assert np.all(np.isfinite(out.weights))
+  np.testing.assert_allclose(out.weights, w_ref, rtol=1e-4)
+  _assert_tree_close(out.update,
+                     jax.tree.map(lambda g: jnp.tensordot(w_ref, g, 1), jac),
+                     rtol=1e-3, atol=1e-6)
