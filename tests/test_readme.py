@@ -71,6 +71,8 @@ def test_readme_python_runs_and_trains():
     first, losses = namespace["first"], namespace["losses"]
     assert bool((losses < 0.5 * first).all()), (first, losses)
     assert bool((_weights(namespace) > 0).all())
+  # "hence the large values printed above": unnormalised weights.
+  assert float(_weights(namespaces[0]).max()) > 10, _weights(namespaces[0])
 
 
 def _fragment_namespace():
