@@ -561,6 +561,9 @@ def plain_log_ticks(axis) -> None:
   if hi / lo < 10:
     axis.set_major_locator(ticker.MaxNLocator(nbins=6))
     axis.set_minor_locator(ticker.NullLocator())
+    evenly = ticker.ScalarFormatter(useOffset=False)  # enough digits
+    evenly.set_scientific(False)
+    axis.set_major_formatter(evenly)
   else:
     axis.set_major_locator(ticker.LogLocator(base=10))
     axis.set_minor_locator(ticker.LogLocator(base=10, subs=(2.0, 5.0)))

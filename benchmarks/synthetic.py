@@ -19,6 +19,7 @@ number of Adam steps on the same minibatches from the same initial weights
 
 import argparse
 import os
+import textwrap
 
 import numpy as np
 
@@ -99,10 +100,10 @@ def plot(path, panels, quick=False):
     ax.legend(fontsize=7)
     _training.plain_log_ticks(ax.xaxis)
     _training.plain_log_ticks(ax.yaxis)
-  fig.suptitle("GradNorm's synthetic regression: each task's test error over"
-               " single-task training's\n(below 1: better than STL)"
-               + (", --quick smoke run: not meaningful" if quick else ""),
-               fontsize=11)
+  title = ("GradNorm's synthetic regression: each task's test error over"
+           " single-task training's (below 1: better than STL)"
+           + (", --quick smoke run: not meaningful" if quick else ""))
+  fig.suptitle(textwrap.fill(title, 60 * len(panels)), fontsize=11)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
