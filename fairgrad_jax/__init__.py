@@ -42,6 +42,7 @@ from fairgrad_jax._sharding import data_mesh
 from fairgrad_jax._sharding import data_parallel
 from fairgrad_jax._sharding import replicate
 from fairgrad_jax._sharding import shard_batch
+from fairgrad_jax._task_gradients import task_gradients
 from fairgrad_jax._weighting.fairgrad import fairgrad_solve
 from fairgrad_jax._weighting.fairgrad import fairgrad_weights
 from fairgrad_jax._weighting.fairgrad import FairGradSolution
@@ -87,5 +88,6 @@ __all__ = [
     "representation_grad",
     "shard_batch",
     "shared_mask",
+    "task_gradients",
     "weighted_grad",
 ]

@@ -113,7 +113,11 @@ def block_product(a_leaves, b_leaves, dtype):
       e = jnp.maximum(e, _gram.log2_scale(b_leaves, dtype))
     return product(e)
 
-  plain = product(jnp.zeros((), dtype))
+  if _gram.chunked_products():  # CPU: over column chunks, at matmul speed
+    plain = _gram.product_and_max(
+        a_leaves, a_leaves if same else b_leaves, dtype)[0]
+  else:
+    plain = product(jnp.zeros((), dtype))
   small = jnp.exp2(jnp.asarray(-100.0, dtype))
   # Exact zeros pass (orthogonal or zero gradients) unless every entry is
   # zero, which may be an underflow of tiny gradients.

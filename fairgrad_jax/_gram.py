@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Mask = Any  # a pytree of bools, a prefix of it, a callable returning one, None
 
@@ -87,12 +88,86 @@ def solve_dtype(leaves) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def log2_scale(leaves, dtype) -> jax.Array:
-  """e = log2 σ, σ the power of two nearest max |leaves| (0 if 0 or not finite)."""
-  max_abs = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(dtype)
-                               for x in leaves]))
+def _log2_of(max_abs):
+  """round(log2 max_abs), or 0 when max_abs is 0 or not finite."""
   ok = jnp.isfinite(max_abs) & (max_abs > 0)
   return jnp.where(ok, jnp.round(jnp.log2(jnp.where(ok, max_abs, 1.0))), 0.0)
+
+
+def log2_scale(leaves, dtype) -> jax.Array:
+  """e = log2 σ, σ the power of two nearest max |leaves| (0 if 0 or not finite)."""
+  return _log2_of(jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(dtype)
+                                     for x in leaves])))
+
+
+# On a CPU, XLA's plain J Jᵀ for a short, very wide J (K rows, P ≈ 1M
+# columns) runs several times below the machine's matmul speed; the same
+# product summed over column chunks of about this many entries (K rows ×
+# columns, ~1 MiB of float32, so a chunk stays in cache while it is
+# multiplied and its max |entry| taken) runs at it.
+_CPU_CHUNK_ENTRIES = 1 << 18
+
+
+def chunked_products() -> bool:
+  """Whether Gram products are summed over column chunks (the CPU backend).
+
+  GPUs and TPUs keep one fused product: their GEMMs are fast at any shape
+  and a loop only adds launches.
+  """
+  return jax.default_backend() == "cpu"
+
+
+def _chunk_columns(k, dtype):
+  entries = _CPU_CHUNK_ENTRIES * 4 // jnp.dtype(dtype).itemsize
+  return int(min(1 << 16, max(1024, 2 ** round(np.log2(entries / max(k, 1))))))
+
+
+def product_and_max(a_leaves, b_leaves, dtype):
+  """(Σ_leaves A Bᵀ, max |entry| of A and B) for (k, ...) leaves, in one pass.
+
+  The products are at ``Precision.HIGHEST``, accumulated in ``dtype``. On a
+  CPU each leaf is cut into column chunks (a ``fori_loop``), each chunk
+  multiplied and its max taken while it is in cache: one read of the
+  gradients in all. Elsewhere, one fused product and a max per leaf.
+  """
+  same = a_leaves is b_leaves
+  if not same:
+    b_leaves = list(b_leaves)
+  gram, max_abs = 0.0, jnp.zeros((), dtype)
+  for i, x in enumerate(a_leaves):
+    x = x.reshape(x.shape[0], -1)
+    y = x if same else b_leaves[i].reshape(b_leaves[i].shape[0], -1)
+
+    def step(xc, yc):
+      prod = jnp.dot(xc, yc.T, precision=_HIGHEST,
+                     preferred_element_type=dtype)
+      m = jnp.max(jnp.abs(xc)).astype(dtype)
+      if not same:
+        m = jnp.maximum(m, jnp.max(jnp.abs(yc)).astype(dtype))
+      return prod, m
+
+    cols = x.shape[1]
+    chunk = _chunk_columns(x.shape[0] + (0 if same else y.shape[0]), x.dtype)
+    n = cols // chunk if chunked_products() else 0
+    if n >= 2:
+      def body(j, carry, x=x, y=y, chunk=chunk):
+        xc = jax.lax.dynamic_slice_in_dim(x, j * chunk, chunk, axis=1)
+        yc = xc if same else jax.lax.dynamic_slice_in_dim(
+            y, j * chunk, chunk, axis=1)
+        prod, m = step(xc, yc)
+        return carry[0] + prod, jnp.maximum(carry[1], m)
+
+      init = (jnp.zeros((x.shape[0], y.shape[0]), dtype),
+              jnp.zeros((), dtype))
+      prod, m = jax.lax.fori_loop(0, n, body, init)
+      if n * chunk < cols:  # the tail
+        tail = step(x[:, n * chunk:], y[:, n * chunk:])
+        prod, m = prod + tail[0], jnp.maximum(m, tail[1])
+    else:
+      prod, m = step(x, y)
+    gram = gram + prod
+    max_abs = jnp.maximum(max_abs, m)
+  return gram, max_abs
 
 
 def scaled_gram(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -111,26 +186,42 @@ def scaled_gram(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
     float32, and e = log2 σ (so that GᵀG = 4^e * gram).
   """
   dtype = solve_dtype(leaves)
-  log2_sigma = log2_scale(leaves, dtype)
 
-  def gram_of(scale):
+  def scaled(log2_sigma):
+    inv_sigma = jnp.exp2(-log2_sigma)
     return sum(
-        jnp.einsum("i...,j...->ij", scale(x), scale(x), precision=_HIGHEST,
+        jnp.einsum("i...,j...->ij", x.astype(dtype) * inv_sigma,
+                   x.astype(dtype) * inv_sigma, precision=_HIGHEST,
                    preferred_element_type=dtype)
         for x in leaves
     )
 
-  def direct():
+  if chunked_products():
+    # One pass over the gradients: the product and the largest entry
+    # together. Products of entries below 2^40 cannot overflow, so in that
+    # case (nearly always) the product of the gradients as they are is
+    # used and its K×K result scaled by 4^-e (exact); otherwise the
+    # product is redone on the scaled gradients.
+    plain, max_abs = product_and_max(leaves, leaves, dtype)
+    log2_sigma = _log2_of(max_abs)
+    in_range = jnp.abs(log2_sigma) <= _DIRECT_RANGE  # e = 0 for zero or inf
+    gram = jax.lax.cond(
+        in_range, lambda e: plain * jnp.exp2(-2 * e), scaled, log2_sigma)
+    return gram, log2_sigma
+
+  log2_sigma = log2_scale(leaves, dtype)
+
+  def direct(e):
     # Products of entries below 2^40 cannot overflow: no scaled copy of the
     # gradients is needed; scaling the K×K result by 4^-e is exact.
-    return gram_of(lambda x: x) * jnp.exp2(-2 * log2_sigma)
-
-  def scaled():
-    inv_sigma = jnp.exp2(-log2_sigma)
-    return gram_of(lambda x: x.astype(dtype) * inv_sigma)
+    return sum(
+        jnp.einsum("i...,j...->ij", x, x, precision=_HIGHEST,
+                   preferred_element_type=dtype)
+        for x in leaves
+    ) * jnp.exp2(-2 * e)
 
   in_range = jnp.abs(log2_sigma) <= _DIRECT_RANGE  # e = 0 for zero or inf
-  gram = jax.lax.cond(in_range, direct, scaled)
+  gram = jax.lax.cond(in_range, direct, scaled, log2_sigma)
   return gram, log2_sigma
 
 
