@@ -37,17 +37,18 @@ def parser() -> argparse.ArgumentParser:
                  " and (QM9) split.")
   p.add_argument("--out", default=None,
                  help="Output folder for checkpoints/, log.jsonl,"
-                 " results.json and table.md (default:"
-                 " results/paper/BENCHMARK/METHOD-seedS).")
+                 " results.json and table.md; None:"
+                 " results/paper/BENCHMARK/METHOD-seedS.")
   p.add_argument("--resume", action="store_true",
                  help="Continue the run whose checkpoints are in --out; the"
                  " result is identical to an uninterrupted run.")
   p.add_argument("--epochs", type=int, default=None,
-                 help="Training epochs (default: the protocol's: NYU-v2 and"
+                 help="Training epochs; None: the protocol's (NYU-v2 and"
                  " Cityscapes 200, CelebA 15, QM9 300).")
   p.add_argument("--batch-size", type=int, default=None,
-                 help="Minibatch size for training and evaluation (default:"
-                 " the protocol's: 2, 8, 256, 120); also the --profile batch.")
+                 help="Minibatch size for training and evaluation, and the"
+                 " --profile batch; None: the protocol's (NYU-v2 2,"
+                 " Cityscapes 8, CelebA 256, QM9 120).")
   p.add_argument("--model-scale", type=int, default=1,
                  help="Divide every layer width by this (1: the paper's"
                  " models; larger values are for smoke tests).")
@@ -56,13 +57,13 @@ def parser() -> argparse.ArgumentParser:
                  " learning, the authors' 'stl').")
   p.add_argument("--qm9-split", type=int, nargs=2, default=None,
                  metavar=("VAL", "TEST"),
-                 help="QM9's validation and test sizes (default: the"
-                 " protocol's 10000 10000).")
+                 help="QM9's validation and test sizes; None: the"
+                 " protocol's 10000 10000.")
   p.add_argument("--stl", default=None,
                  help="JSON file with STL metrics to compute Δm%% against"
-                 " (a list, or {'metrics': [...]} as in results.json);"
-                 " default: the STL constants of the authors' code (CelebA"
-                 " has none).")
+                 " (a list, or {'metrics': [...]} as in results.json); None:"
+                 " the STL constants of the authors' code (CelebA has"
+                 " none).")
   p.add_argument("--profile", action="store_true",
                  help="Time training steps (LS, FairGrad stacked, FairGrad"
                  " Gram-only) at the real model and input sizes on"

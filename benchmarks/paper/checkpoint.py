@@ -18,6 +18,8 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -32,9 +34,13 @@ def _to_data(tree):
 
 
 def _from_data(tree, like):
-  return jax.tree.map(
-      lambda x, ref: (jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
-                      if _is_key(ref) else x), tree, like)
+  # Through host memory: restored arrays come back committed to a device,
+  # and jit would compile its functions again for them.
+  def restore(x, ref):
+    x = jnp.asarray(np.asarray(x))
+    return (jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
+            if _is_key(ref) else x)
+  return jax.tree.map(restore, tree, like)
 
 
 class Checkpointer:

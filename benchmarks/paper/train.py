@@ -173,23 +173,27 @@ class Functions:
 # Runs in one process with the same setting (a resumed run, tests) share
 # their compiled functions: XLA compilation dominates short runs. The traced
 # functions read only the problem's model and protocol, never its data.
-_FUNCTIONS: dict[tuple, Functions] = {}
+_MODEL_FUNCTIONS: dict[tuple, tuple] = {}
+_STEPS: dict[tuple, tuple] = {}
 
 
 def functions(problem: problems.Problem, spec: protocols.MethodSpec, *,
               alpha: float, seed: int, main_task: int, model_scale: int,
               shared) -> Functions:
-  key = (problem.protocol.name, model_scale, spec.name, float(alpha), seed,
-         main_task)
-  if key not in _FUNCTIONS:
+  model_key = (problem.protocol.name, model_scale)
+  if model_key not in _MODEL_FUNCTIONS:
+    _MODEL_FUNCTIONS[model_key] = (jax.jit(problem.model.init),
+                                   make_predict(problem))
+  init, predict = _MODEL_FUNCTIONS[model_key]
+  key = model_key + (spec.name, float(alpha), seed, main_task)
+  if key not in _STEPS:
     opt = build_optimizer(spec, alpha=alpha,
                           num_tasks=problem.protocol.num_tasks, shared=shared,
                           seed=seed, main_task=main_task,
                           learning_rate=problem.protocol.learning_rate)
-    _FUNCTIONS[key] = Functions(
-        init=jax.jit(problem.model.init), opt=opt,
-        step=make_step(problem, opt), predict=make_predict(problem))
-  return _FUNCTIONS[key]
+    _STEPS[key] = (opt, make_step(problem, opt))
+  opt, step = _STEPS[key]
+  return Functions(init=init, opt=opt, step=step, predict=predict)
 
 
 # ----------------------------------------------------------------------------
