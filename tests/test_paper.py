@@ -127,6 +127,7 @@ def _leaves(tree):
 
 
 def test_every_method_builds_with_the_authors_settings():
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   params = {"encoder": {"w": jnp.ones((3, 2))}, "heads": {"b": jnp.ones(2)}}
   grads = {"encoder": {"w": jnp.stack([jnp.ones((3, 2)), -2 * jnp.eye(3, 2)])},
@@ -136,7 +137,8 @@ def test_every_method_builds_with_the_authors_settings():
     opt = train.build_optimizer(spec, alpha=2.0, num_tasks=2, shared=shared,
                                 seed=0, main_task=1, learning_rate=1e-3)
     state = opt.init(params)
-    updates, _ = opt.update(grads, state, params, losses=jnp.array([1.0, 2.0]))
+    update = jax.jit(lambda g, s, p, l, opt=opt: opt.update(g, s, p, losses=l))
+    updates, _ = update(grads, state, params, jnp.array([1.0, 2.0]))
     assert updates["encoder"]["w"].shape == (3, 2), spec.name
     assert np.all(np.isfinite(updates["encoder"]["w"])), spec.name
     assert protocols.find_method(spec.name.upper()) is spec
@@ -268,59 +270,76 @@ def test_rejects_missing_data_and_unwritable_out(tmp_path, capsys):
   assert "no checkpoints" in capsys.readouterr().err
 
 
-def test_profile_prints_three_steps(capsys):
-  cli.main(["celeba", "--profile", "--model-scale", "32", "--batch-size", "2",
-            "--profile-steps", "1"])
-  printed = capsys.readouterr().out
+def test_profile_prints_three_steps():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from benchmarks.paper import profile  # pylint: disable=g-import-not-at-top
+  # CelebA's CNN with 3 of its tasks, widths / 32, batch 2: the code path of
+  # --profile at a small compile cost.
+  protocol = dataclasses.replace(
+      protocols.PROTOCOLS["celeba"], task_names=("a", "b", "c"),
+      metric_names=("a", "b", "c"), higher_is_better=(True,) * 3,
+      metric_tasks=(0, 1, 2), batch_size=2, image_size=16)
+  rows = profile.profile(protocol, alpha=2.0, steps=1, model_scale=32)
+  assert [r["ms"] > 0 for r in rows] == [True] * 3
+  printed = profile.markdown(protocol, rows, model_scale=32, steps=1)
   assert "LS (one backward" in printed
-  assert "FairGrad α=2, stacked (jacrev, K=40)" in printed
+  assert "FairGrad α=2, stacked (vmap of K=3 backward passes)" in printed
   assert "Gram-only (weighted_grad" in printed
 
 
 _MTAN_RUNS = """
-import json, sys
+import sys
 from benchmarks.paper import __main__ as cli
-data, out, benchmark = sys.argv[1:4]
-common = [benchmark, "--data", data, "--progress", "off", "--model-scale",
-          "32", "--batch-size", "2"]
-cli.main(common + ["--method", "LS", "--out", out + "/ls", "--epochs", "1"])
-cli.main(common + ["--method", "FairGrad", "--out", out + "/whole",
-                   "--epochs", "2"])
-cli.main(common + ["--method", "FairGrad", "--out", out + "/cut",
-                   "--epochs", "1"])
-cli.main(common + ["--method", "FairGrad", "--out", out + "/cut",
-                   "--epochs", "2", "--resume"])
+out = sys.argv[1]
+for benchmark, data in zip(sys.argv[2::2], sys.argv[3::2]):
+  common = [benchmark, "--data", data, "--progress", "off", "--model-scale",
+            "32", "--batch-size", "2"]
+  run = lambda name, *args: cli.main(common + ["--out", f"{out}/{benchmark}/"
+                                               + name] + list(args))
+  run("ls", "--method", "LS", "--epochs", "1")
+  run("whole", "--method", "FairGrad", "--epochs", "2")
+  run("cut", "--method", "FairGrad", "--epochs", "1")
+  run("cut", "--method", "FairGrad", "--epochs", "2", "--resume")
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("benchmark", ["nyuv2", "cityscapes"])
-def test_mtan_end_to_end(data, tmp_path, benchmark):
-  """LS and FairGrad with resume, in a subprocess compiling with XLA's
-  optimisation off (the step then compiles in about a minute, not ten)."""
+def test_mtan_end_to_end(data, tmp_path):
+  """NYU-v2 and Cityscapes: LS, and FairGrad with a resume, in a subprocess
+  compiling with XLA's optimisation off (SegNet-MTAN's step then compiles in
+  about a minute on a CPU rather than ten)."""
   import subprocess  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
              XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
                         + " --xla_backend_optimization_level=0").strip())
-  done = subprocess.run(
-      [sys.executable, "-c", _MTAN_RUNS, str(data[benchmark]), str(tmp_path),
-       benchmark], env=env, cwd=str(ROOT), capture_output=True, text=True,
-      timeout=1500, check=False)
+  benchmarks = ("nyuv2", "cityscapes")
+  args = [str(tmp_path)]
+  for benchmark in benchmarks:
+    args += [benchmark, str(data[benchmark])]
+  done = subprocess.run([sys.executable, "-c", _MTAN_RUNS] + args, env=env,
+                        cwd=str(ROOT), capture_output=True, text=True,
+                        timeout=3000, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert "**ours: LS, seed 0**" in done.stdout
-  assert "**ours: FairGrad α=2, seed 0**" in done.stdout
-  state_a, host_a = train.load_state(str(tmp_path / "whole"))
-  state_b, host_b = train.load_state(str(tmp_path / "cut"))
-  for a, b in zip(_leaves(state_a), _leaves(state_b)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert host_b["epochs_done"] == 2
-  for run in ("ls", "whole"):
-    with open(tmp_path / run / "results.json") as f:
-      result = json.load(f)
-    assert len(result["metrics"]) == len(
-        protocols.PROTOCOLS[benchmark].metric_names)
-    if not np.all(np.isfinite(result["metrics"])):
-      # A known bug outside this package, reported on issue 16: the jitted
-      # gradients of SegNetMTAN are NaN from the second step on (eager
-      # gradients at the same parameters are finite).
-      pytest.xfail(f"SegNetMTAN NaN after one step: {result['metrics']}")
+  assert done.stdout.count("**ours: LS, seed 0**") == 2
+  assert done.stdout.count("**ours: FairGrad α=2, seed 0**") == 6
+  finite = True
+  for benchmark in benchmarks:
+    out = tmp_path / benchmark
+    state_a, _ = train.load_state(str(out / "whole"))
+    state_b, host_b = train.load_state(str(out / "cut"))
+    leaves_a, leaves_b = _leaves(state_a), _leaves(state_b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for a, b in zip(leaves_a, leaves_b):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert host_b["epochs_done"] == 2
+    for run in ("ls", "whole"):
+      with open(out / run / "results.json") as f:
+        result = json.load(f)
+      assert len(result["metrics"]) == len(
+          protocols.PROTOCOLS[benchmark].metric_names)
+      finite &= bool(np.all(np.isfinite(result["metrics"])))
+  if not finite:
+    # A known bug outside this package, reported on issue 16: the jitted
+    # gradients of SegNetMTAN are NaN from the second step on (the eager
+    # gradients at the same parameters are finite).
+    pytest.xfail("SegNetMTAN's training goes NaN after one step")

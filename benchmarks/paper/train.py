@@ -3,9 +3,9 @@
 One training step (one ``jax.jit``-ed call) is
 
 1. the K task losses of the minibatch and their gradients, stacked on a
-   leading task axis, by ``jax.jacrev`` of the (K,) losses (one forward
-   pass, K backward passes; batch norm in training mode, its new statistics
-   taken from the forward pass);
+   leading task axis (one forward pass and K backward passes of its VJP,
+   vmapped as ``jax.jacrev`` does, or one after the other for QM9; batch
+   norm in training mode, its new statistics taken from the forward pass);
 2. ``optax.chain(aggregator, [clip of the shared update], adam)``: the
    method's aggregator (``losses=`` passed along for the loss-based methods),
    the global-norm clip of the shared parameters' update where the authors'
@@ -124,18 +124,33 @@ def set_learning_rate(opt_state, learning_rate: float):
   return opt_state[:-1] + (adam._replace(hyperparams=hyperparams),)
 
 
+def task_gradients(problem: problems.Problem, params, batch_stats, batch):
+  """(K,) losses, per-task gradients stacked on axis 0, new batch stats.
+
+  One forward pass and K backward passes of its VJP: vmapped (what
+  ``jax.jacrev`` does) or, where the protocol says ``sequential_tasks``
+  (QM9, whose edge network's cotangents take ~5 GB per task at batch 120),
+  one task after the other with ``lax.map``.
+  """
+  losses, vjp, new_stats = jax.vjp(
+      lambda p: problem.losses(p, batch_stats, batch, train=True), params,
+      has_aux=True)
+  basis = jnp.eye(losses.shape[0], dtype=losses.dtype)
+  backward = lambda e: vjp(e)[0]
+  if problem.protocol.sequential_tasks:
+    grads = jax.lax.map(backward, basis)
+  else:
+    grads = jax.vmap(backward)(basis)
+  return losses, grads, new_stats
+
+
 def make_step(problem: problems.Problem, opt):
-  """The jitted training step (stacked per-task gradients by jacrev)."""
-
-  def losses_with_aux(params, batch_stats, batch):
-    losses, new_stats = problem.losses(params, batch_stats, batch, train=True)
-    return losses, (losses, new_stats)
-
-  jacobian = jax.jacrev(losses_with_aux, has_aux=True)
+  """The jitted training step (stacked per-task gradients)."""
 
   @jax.jit
   def step(params, batch_stats, opt_state, batch):
-    grads, (losses, new_stats) = jacobian(params, batch_stats, batch)
+    losses, grads, new_stats = task_gradients(problem, params, batch_stats,
+                                              batch)
     updates, opt_state = opt.update(grads, opt_state, params, losses=losses)
     return optax.apply_updates(params, updates), new_stats, opt_state, losses
 
