@@ -1,4 +1,4 @@
-"""FairGrad's weight solve: jitted JAX (jaxopt LM) against the authors' scipy call.
+"""FairGrad's weight solve: jitted JAX (damped Newton) against the authors' scipy call.
 
 For K in {2, 5, 10, 40} and α in {1, 2, 5}, both solvers get the same Gram
 matrices (of 512-dimensional Gaussian task gradients whose norms spread over
@@ -27,12 +27,25 @@ A second table times a training-like sequence: a Gram matrix drifting slowly
 over 100 steps, solved cold (the default start) and warm-started from the
 previous step's weights, as ``fairgrad(num_tasks=K)`` does.
 
+``--hard`` adds the hard set of ``benchmarks._hard_set`` (issue 11): K ∈
+{2, 10, 40, 64}, α ∈ {0.5, 1, 2, 5, 10}, random / correlated / conflicting
+directions, norms over 2 and 7 decades. Per (K, α) it prints the median and
+max Newton iterations (cold start from the orthogonal closed form), the
+worst relative residual (float64 evaluation), the floor for float32 (the
+float64 root rounded to float32), the worst weight error against the float64
+root over the cases float32 can represent (weights within 1e36 of each
+other), how many cannot be, and the time of one scipy call (the authors')
+against the jitted solve, cold and warm-started from the root perturbed by
+1%.
+
 Usage:
 ``python -m benchmarks.solver_speed [--repeats 20] [--calls 5] [--x64]
-[--out results/]``
+[--hard] [--hard-ks 2 10 40 64] [--out results/]``
 """
 
 import argparse
+import functools
+import os
 import pathlib
 import statistics
 import time
@@ -40,9 +53,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import least_squares
 
 import fairgrad_jax as fj
+from benchmarks import _cli
+from benchmarks import _hard_set
 
 KS = (2, 5, 10, 40)
 ALPHAS = (1.0, 2.0, 5.0)
@@ -57,19 +71,9 @@ def gram_matrices(k, n, seed):
   return out
 
 
-def scipy_weights(gram, alpha):
-  """The authors' exact call (FairGrad repo, methods/weight_methods.py)."""
-  a = np.asarray(gram, np.float32)
-  k = a.shape[0]
-  res = least_squares(lambda x: a @ x - np.power(1 / x, 1 / alpha),
-                      np.ones(k) / k, bounds=(0, np.inf))
-  return res.x
-
-
-def rel_residual(gram, w, alpha):
-  gram, w = np.asarray(gram, np.float64), np.asarray(w, np.float64)
-  target = w ** (-1.0 / alpha)
-  return float(np.linalg.norm(gram @ w - target) / np.linalg.norm(target))
+# The authors' exact call, and the float64 relative residual.
+scipy_weights = _hard_set.scipy_weights
+rel_residual = _hard_set.relative_residual
 
 
 def timed(fn, *args):
@@ -138,7 +142,7 @@ def solver_table(repeats, calls):
   name = np.dtype(dtype).name
   header = (
       "| K | α | scipy (ms) | jax (ms) | speed-up | jax first call (ms) | "
-      "speed-up first call | jax in graph (ms) | LM iters | "
+      "speed-up first call | jax in graph (ms) | Newton iters | "
       f"scipy resid (median / max) | scipy → {name} resid | "
       "jax resid (median / max) |\n"
       "|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -188,8 +192,70 @@ def warm_start_table(steps, calls):
   return "\n".join(lines)
 
 
+def hard_table(ks, calls, solve_fn=None, with_scipy=True, scipy_max_k=64,
+               echo=False):
+  """The hard set: convergence, accuracy and speed per (K, α).
+
+  ``solve_fn(gram, alpha, init)`` -> (weights, iterations) replaces the
+  package's solve (to measure another version of it on the same cases).
+  """
+  if solve_fn is None:
+    @functools.partial(jax.jit, static_argnums=1)
+    def solve_fn(gram, alpha, init):
+      sol = fj.fairgrad_solve(gram, alpha, init=init)
+      return sol.weights, sol.num_iterations
+  cases = _hard_set.hard_cases(ks=ks, with_scipy=False)
+  lines = [
+      "| K | α | iters median / max | resid max | f32 floor max | "
+      "weight err max | not representable | scipy (ms) | jax cold (ms) | "
+      "jax warm (ms) | warm iters max | speed-up cold / warm |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for k in ks:
+    for alpha in _hard_set.ALPHAS:
+      group = [c for c in cases if c.k == k and c.alpha == alpha]
+      iters, res, floor, errs, unrep = [], [], [], [], 0
+      t_sp, t_cold, t_warm, warm_iters = [], [], [], []
+      for c in group:
+        a32 = jnp.asarray(c.gram, jnp.float32)
+        cold = jnp.zeros((k,), jnp.float32)  # no usable init: cold start
+        jax.block_until_ready(solve_fn(a32, alpha, cold))
+        t, (w, it) = steady(solve_fn, a32, alpha, cold, calls=calls)
+        t_cold.append(t)
+        iters.append(int(it))
+        w = np.asarray(w, np.float64)
+        res.append(rel_residual(c.gram, w, alpha) if np.all(w > 0)
+                   else np.inf)
+        if c.root is None or np.log10(c.root.max() / c.root.min()) > 36:
+          unrep += 1
+        else:
+          errs.append(float(np.max(np.abs(w / c.root - 1.0))))
+          floor.append(rel_residual(c.gram, c.root.astype(np.float32),
+                                    alpha))
+          init = jnp.asarray(c.root * np.exp(0.01 * np.sin(np.arange(k))),
+                             jnp.float32)
+          t, (_, it) = steady(solve_fn, a32, alpha, init, calls=calls)
+          t_warm.append(t)
+          warm_iters.append(int(it))
+        if with_scipy and k <= scipy_max_k:
+          t_sp.append(timed(scipy_weights, c.gram, alpha)[0])
+      med = statistics.median
+      sp, tc = (med(t_sp) if t_sp else float("nan")), med(t_cold)
+      tw = med(t_warm) if t_warm else float("nan")
+      lines.append(
+          f"| {k} | {alpha:g} | {med(iters):.0f} / {max(iters)} | "
+          f"{max(res):.1e} | {max(floor) if floor else float('nan'):.1e} | "
+          f"{max(errs) if errs else float('nan'):.1e} | {unrep}/{len(group)}"
+          f" | {sp * 1e3:.1f} | {tc * 1e3:.3f} | {tw * 1e3:.3f} | "
+          f"{max(warm_iters) if warm_iters else 0} | {sp / tc:.0f}× / "
+          f"{sp / tw:.0f}× |")
+      if echo:
+        print(lines[-1] if len(lines) > 3 else "\n".join(lines), flush=True)
+  return "\n".join(lines)
+
+
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                   formatter_class=_cli.HelpFormatter)
   parser.add_argument("--repeats", type=int, default=20,
                       help="Gram matrices per (K, α)")
   parser.add_argument("--steps", type=int, default=100,
@@ -198,6 +264,18 @@ def main():
                       help="back-to-back calls timed per matrix (median)")
   parser.add_argument("--x64", action="store_true",
                       help="solve in float64 (tol 1e-8, then a Newton step)")
+  parser.add_argument("--hard", action="store_true",
+                      help="also run the hard set (issue 11): convergence, "
+                      "accuracy against float64 roots, speed-up over scipy")
+  parser.add_argument("--hard-ks", type=int, nargs="+",
+                      default=list(_hard_set.KS),
+                      help="task counts of the hard set (scipy takes about a "
+                      "minute per K = 64 case)")
+  parser.add_argument("--hard-scipy-max-k", type=int, default=64,
+                      help="time the scipy call only up to this K (it takes "
+                      "20-60 s per K = 64 case on a 2-core CPU)")
+  parser.add_argument("--hard-only", action="store_true",
+                      help="run the hard set alone")
   parser.add_argument("--out", type=pathlib.Path, default=None,
                       help="folder for solver_speed.md")
   args = parser.parse_args()
@@ -210,6 +288,20 @@ def main():
   title = (f"FairGrad weight solve on {device.platform} ({device.device_kind}),"
            f" {precision}")
   print(title, flush=True)
+  if args.hard or args.hard_only:
+    print(f"\nHard set (load average {os.getloadavg()[0]:.1f}):", flush=True)
+    table3 = hard_table(tuple(args.hard_ks), args.calls,
+                        scipy_max_k=args.hard_scipy_max_k, echo=True)
+    print("Columns: Newton iterations cold; worst float64-evaluated relative "
+          "residual; its floor (the float64 root rounded to float32); worst "
+          "max_i |w_i/w*_i - 1| over representable cases; cases whose weights "
+          "span > 1e36 (or no certified root); one scipy call; jitted solve "
+          "cold / warm from the root perturbed by 1%.")
+    if args.out is not None:
+      args.out.mkdir(parents=True, exist_ok=True)
+      (args.out / "solver_speed_hard.md").write_text(f"# {title}\n\n{table3}\n")
+    if args.hard_only:
+      return
   table1 = solver_table(args.repeats, args.calls)
   print(table1, flush=True)
   table2 = warm_start_table(args.steps, args.calls)

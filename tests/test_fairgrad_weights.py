@@ -211,6 +211,13 @@ def test_identical_gradients_split_evenly():
   np.testing.assert_allclose(w[0], w[1], rtol=1e-5)
 
 
+def test_negative_diagonal_is_not_a_gram_matrix():
+  """Issue 12 item 7: -I used to give weights 0 with residual 0."""
+  sol = solve(-jnp.eye(2), 2.0)
+  assert np.all(np.isnan(sol.weights))
+  assert not bool(sol.converged)
+
+
 def test_non_finite_gram_gives_nan_weights():
   gram = jnp.array([[1.0, jnp.nan], [jnp.nan, 1.0]])
   sol = solve(gram, 1.0)

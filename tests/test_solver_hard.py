@@ -141,3 +141,16 @@ def test_no_nan_from_finite_psd_input():
     assert np.all(np.isfinite(np.asarray(sols.weights)))
     assert np.all(np.asarray(sols.weights) > 0)
     assert np.all(np.isfinite(np.asarray(sols.relative_residual)))
+
+
+def test_benchmark_hard_table_runs():
+  """`python -m benchmarks.solver_speed --hard` on its smallest slice."""
+  from benchmarks import solver_speed  # pylint: disable=g-import-not-at-top
+  table = solver_speed.hard_table((2,), calls=1)
+  rows = [line for line in table.splitlines()[2:] if line.startswith("| 2 ")]
+  assert len(rows) == len(_hard_set.ALPHAS)
+  for row in rows:
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 12
+    median, worst = (int(v) for v in cells[2].split(" / "))
+    assert 0 <= median <= worst <= 30

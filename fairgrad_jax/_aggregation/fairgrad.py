@@ -87,6 +87,14 @@ def fairgrad(
   ``jax.jacrev(losses_fn)(params)``, and returns one update like the params.
   Extra keyword arguments (``losses=``...) are accepted and ignored.
 
+  The weights are not normalised: they solve GᵀG w = w^(-1/α) with the
+  paper's c = 1 (eq. 3), so they scale like ‖g‖^(-2α/(1+α)) and grow as the
+  gradients shrink during training; what matters is the direction of
+  Σ_i w_i g_i and the ratios of the weights. Adam divides the update by its
+  running scale, so their size barely matters there; with plain SGD it
+  multiplies the learning rate — cap it with ``max_norm`` (the authors use
+  ``max_norm=1.0`` with ``scale_by_num_tasks=True``).
+
   Behaviour at the edges:
 
   * a task whose gradient is exactly zero drops out (weight 0);

@@ -477,7 +477,7 @@ def fairgrad_solve(
 
   Returns:
     A :class:`FairGradSolution`. Weights are NaN (and ``converged`` False)
-    when ``gram`` is not finite; finite Gram matrices always give finite
+    when ``gram`` is not finite or has a negative diagonal entry; finite Gram matrices always give finite
     weights (clipped to the dtype's range if the root lies outside it, which
     ``converged`` then reports).
 
@@ -559,7 +559,10 @@ def _solve_weights(gram, alpha, init, maxiter, tol, regularization):
   """The solve itself: (weights, (iterations, residual, converged))."""
   k = gram.shape[0]
   dtype = gram.dtype
-  finite = jnp.all(jnp.isfinite(gram))
+  # A Gram matrix has a non-negative diagonal (squared norms); a negative
+  # one is not a Gram matrix and, like a non-finite one, gives NaN weights
+  # (under jit a value cannot raise), so apply_if_finite skips the step.
+  finite = jnp.all(jnp.isfinite(gram)) & jnp.all(jnp.diagonal(gram) >= 0)
   gram = jnp.where(finite, gram, 0.0)
   diag = jnp.diagonal(gram)
   active = diag > _INACTIVE_RATIO * jnp.max(diag)
