@@ -78,10 +78,11 @@ _LINEAR_RANGE = 60.0
 # Armijo's sufficient-decrease constant.
 _ARMIJO = 1e-4
 # The Newton loop stops when full Newton steps shorter than _LOCAL (in
-# log-weights) have not lowered its largest residual for this many
+# log-weights) have not cut its largest residual by _PROGRESS for this many
 # iterations: the residual is then at the round-off floor of its evaluation.
-_PATIENCE = 3
+_PATIENCE = 2
 _LOCAL = 0.1
+_PROGRESS = 0.5
 # The final Newton steps on the unregularized equation are taken only if
 # they change no weight by more than about 1% (see _polish).
 _POLISH_MAX_STEP = 1e-2
@@ -294,10 +295,12 @@ def _solve(x0, prob, active, maxiter, tol):
     # distance to the root).
     stalled = ~jnp.any(ok) | ~finite | (moved <= step_tol)
     err = worst(_terms(x_new, prob).rel)
-    better = err < best_err
+    # In Newton's quadratic phase a full step cuts the residual many-fold;
+    # one that does not halve it is at the round-off floor.
+    better = err < _PROGRESS * best_err
     # Close to the root, full Newton steps that do not lower the residual
     # mean its round-off floor.
-    return (x_new, it + 1, err, jnp.where(better, x_new, best_x),
+    return (x_new, it + 1, err, jnp.where(err < best_err, x_new, best_x),
             jnp.minimum(err, best_err),
             jnp.where(better | (t < 1.0) | (moved > _LOCAL), 0, since + 1),
             stalled)
