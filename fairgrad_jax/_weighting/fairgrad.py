@@ -334,6 +334,13 @@ def _rescale(x, prob, active):
   return jnp.where(active & ok, x + jnp.clip(c, -_MAX_STEP, _MAX_STEP), x)
 
 
+def _power_of_two(x):
+  """2^floor(log2 x) for x > 0 (1 otherwise): exact to divide by."""
+  return jnp.where(x > 0, jnp.exp2(jnp.floor(jnp.log2(jnp.where(x > 0, x,
+                                                                 1.0)))),
+                   1.0)
+
+
 def _two_sum(a, b):
   """s + e = a + b exactly (Knuth)."""
   s = a + b
@@ -407,8 +414,13 @@ def _polish(weights, x, gram, prob, active, alpha):
   def relative(w):
     target = jnp.where(active, jnp.where(active, w, 1.0) ** (-1.0 / alpha),
                        1.0)
-    aw = _accurate_matvec(gram, w)
-    return jnp.where(active, aw / target - 1.0, 0.0), target
+    # Powers of two bring both factors to O(1) first: Dekker's splitting
+    # leaves low parts 2^-12 below an entry, which the CPU flushes to zero
+    # (and the product loses them) once they fall below float's normal range.
+    gs = _power_of_two(jnp.max(jnp.abs(gram)))
+    ws = _power_of_two(jnp.max(w))
+    aw = _accurate_matvec(gram / gs, w / ws)
+    return jnp.where(active, aw * (gs * ws) / target - 1.0, 0.0), target
 
   def worst(rel):
     return jnp.max(jnp.abs(rel))
