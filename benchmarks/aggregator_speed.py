@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fairgrad_jax
+from benchmarks import _cli
 
 
 def methods(k):
@@ -52,10 +53,16 @@ def time_update(agg, grads, losses, repeats):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--params", type=int, default=1_000_000)
-  parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10, 40])
-  parser.add_argument("--repeats", type=int, default=7)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=_cli.HelpFormatter)
+  parser.add_argument("--params", type=_cli.positive_int, default=1_000_000,
+                      help="length P of each task's gradient")
+  parser.add_argument("--tasks", type=_cli.positive_int, nargs="+",
+                      default=[2, 10, 40],
+                      help="task counts K to time (one column each)")
+  parser.add_argument("--repeats", type=_cli.positive_int, default=7,
+                      help="timed jitted steps per cell, after warm-up "
+                      "(the median is printed)")
   args = parser.parse_args()
 
   results = {}
