@@ -579,8 +579,7 @@ def _solve_weights(gram, alpha, init, maxiter, tol, regularization):
   # (under jit a value cannot raise), so apply_if_finite skips the step.
   finite = jnp.all(jnp.isfinite(gram)) & jnp.all(jnp.diagonal(gram) >= 0)
   gram = jnp.where(finite, gram, 0.0)
-  diag = jnp.diagonal(gram)
-  active = diag > _INACTIVE_RATIO * jnp.max(diag)
+  active = _active(gram)
   prob, log_diag = _problem(gram, alpha, regularization, active)
   # w_i = a_i^(-α/(1+α)) e^(x_i).
   log_scale = jnp.where(active, -(alpha / (1.0 + alpha)) * log_diag, 0.0)
