@@ -211,6 +211,13 @@ def test_identical_gradients_split_evenly():
   np.testing.assert_allclose(w[0], w[1], rtol=1e-5)
 
 
+def test_negative_diagonal_is_not_a_gram_matrix():
+  """Issue 12 item 7: -I used to give weights 0 with residual 0."""
+  sol = solve(-jnp.eye(2), 2.0)
+  assert np.all(np.isnan(sol.weights))
+  assert not bool(sol.converged)
+
+
 def test_non_finite_gram_gives_nan_weights():
   gram = jnp.array([[1.0, jnp.nan], [jnp.nan, 1.0]])
   sol = solve(gram, 1.0)
@@ -279,10 +286,64 @@ def test_diagnostics_and_maxiter():
   assert float(one.relative_residual) > float(full.relative_residual)
 
 
-def test_jit_vmap_and_no_gradient_flow():
+def test_jit_vmap_and_implicit_gradient():
   grams = jnp.stack([jnp.eye(3) * s for s in (1.0, 4.0)])
   w = jax.jit(jax.vmap(lambda a: fj.fairgrad_weights(a, 1.0)))(grams)
   np.testing.assert_allclose(w[1], w[0] / 2, rtol=1e-5)
-  # The weights are treated as constants (as in every implementation).
-  grad = jax.grad(lambda a: fj.fairgrad_weights(a, 1.0).sum())(jnp.eye(2))
-  np.testing.assert_array_equal(grad, 0.0)
+  # Issue 12: the weights are differentiable (implicitly, through the
+  # equation), no longer stop-gradiented. Orthogonal case in closed form:
+  # w_i = a_i^(-1/2) at α = 1, so d(Σ w)/d a_ii = -a_ii^(-3/2) / 2.
+  grad = jax.grad(lambda a: fj.fairgrad_weights(a, 1.0).sum())(
+      jnp.diag(jnp.array([1.0, 4.0])))
+  np.testing.assert_allclose(jnp.diagonal(grad), [-0.5, -0.5 / 8], rtol=1e-4)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0, 5.0])
+def test_weights_gradient_matches_finite_differences(alpha):
+  """jax.grad through fairgrad_weights against float64 central differences
+  of the float64 root (an independent oracle: numpy Newton)."""
+  rng = np.random.default_rng(7)
+  g = random_gradients(rng, 4, 12, scales=np.logspace(-1, 1, 4))
+  gram = g @ g.T
+  c = np.arange(1.0, 5.0)
+
+  w32 = np.asarray(fj.fairgrad_weights(jnp.asarray(gram, jnp.float32),
+                                       alpha), np.float64)
+
+  def root64(a):
+    # Newton on A w - w^(-1/α) in float64, from our float32 root (the root
+    # is unique, so the start only saves Newton's damped phase).
+    w = w32.copy()
+    for _ in range(30):
+      r = a @ w - w ** (-1 / alpha)
+      jac = a + np.diag(w ** (-1 / alpha - 1) / alpha)
+      w = w - np.linalg.solve(jac, r)
+    return w
+
+  grad = np.asarray(jax.grad(lambda a: fj.fairgrad_weights(a, alpha) @ c)(
+      jnp.asarray(gram, jnp.float32)), np.float64)
+  eps = 1e-5
+  for i, j in [(0, 0), (0, 1), (2, 3), (3, 3)]:
+    e = np.zeros_like(gram)
+    e[i, j] = e[j, i] = eps
+    fd = (root64(gram + e) @ c - root64(gram - e) @ c) / (2 * eps)
+    ours = grad[i, j] + (grad[j, i] if i != j else 0.0)
+    np.testing.assert_allclose(ours, fd, rtol=2e-3, atol=1e-5)
+
+
+def test_scaling_law_at_the_edges_of_float32():
+  """Gram matrices down to 1e-36 (squared norms near float32's smallest
+  normal): the reported residual is the true one and the scaling law holds.
+  Dekker's splitting used to lose its low parts to flush-to-zero there
+  (claimed residual 3e-8, true 1.6e-5 at 1e-34)."""
+  rng = np.random.default_rng(11)
+  g = random_gradients(rng, 5, 20, scales=np.logspace(-0.5, 0.5, 5))
+  gram = g @ g.T
+  w = np.asarray(solve(gram.astype(np.float32), 2.0).weights, np.float64)
+  for c in [1e-34, 1e-36, 1e30]:
+    g32 = (c * gram).astype(np.float32)
+    sol = solve(g32, 2.0)
+    true = relative_residual(g32, sol.weights, 2.0)
+    assert true < 5e-7 and float(sol.relative_residual) < 5e-7, (c, true)
+    np.testing.assert_allclose(np.asarray(sol.weights, np.float64),
+                               w * c ** (-2.0 / 3.0), rtol=2e-6)

@@ -62,8 +62,11 @@ FLAX_CLAIMS = """
 import numpy as np
 # Task 2's loss starts about 300 times larger than task 1's.
 assert 200 < ls_losses[0, 1] / ls_losses[0, 0] < 500, ls_losses[0]
-# FairGrad's weight of task 1 tens of times task 2's.
-assert 10 < fairgrad_weights[-1, 0] / fairgrad_weights[-1, 1] < 100, fairgrad_weights[-1]
+# FairGrad's weight of task 1 tens of times task 2's: the median over the last
+# 100 steps (the text says the ratio swings from a few to a few hundred).
+ratio = fairgrad_weights[-100:, 0] / fairgrad_weights[-100:, 1]
+assert 10 < np.median(ratio) < 100, np.median(ratio)
+assert ratio.min() < 10 and ratio.max() > 100, (ratio.min(), ratio.max())
 # Both final losses below linear scalarization's.
 assert (fairgrad_losses[-1] < ls_losses[-1]).all(), (fairgrad_losses[-1], ls_losses[-1])
 """

@@ -103,10 +103,20 @@ def _final_gap_and_x(traj):
 
 @pytest.mark.parametrize("alpha", [1.0, 2.0, 5.0])
 def test_fairgrad_ends_pareto_stationary_on_the_front(alpha):
-  """The issue's acceptance: every start ends on the front, stationary."""
+  """The issue's acceptance: every start ends on the front, stationary.
+
+  With the paper's protocol (Appendix A.1: training stops when the front is
+  reached; ``stop_tol``). Without it, α >= 2 keeps moving along the front
+  towards x1 = 7 (see ``run_trajectories``), where task 1's gradient
+  vanishes and the relative gap, measured against that gradient, is no
+  longer small: with the weight equation solved to round-off every start
+  gets there within these steps (the earlier, inexact solve moved slower).
+  """
   traj = toy.run_trajectories(fj.fairgrad(alpha, num_tasks=2),
                               num_steps=SHORT_STEPS, learning_rate=SHORT_LR,
-                              record_every=SHORT_STEPS)
+                              record_every=SHORT_STEPS, stop_tol=1e-3,
+                              stop_patience=20)
+  assert np.all(np.asarray(traj.stopped_at) > 0), traj.stopped_at
   rel_gap, x = _final_gap_and_x(traj)
   assert np.all(rel_gap < 0.01), (rel_gap, x)
   assert np.all((x[:, 0] >= -7.0) & (x[:, 0] <= 7.0)), x

@@ -15,12 +15,16 @@ class FairGradInfo(NamedTuple):
   """Diagnostics of the last weight solve, kept in ``state.extra``.
 
   Attributes:
-    num_iterations: Levenberg–Marquardt iterations (int32).
+    num_iterations: Newton iterations of the last solve (int32).
     relative_residual: ‖GᵀG w - w^(-1/α)‖ / ‖w^(-1/α)‖ of the last weights.
+    converged: whether the last solve met its tolerance (bool; False before
+      the first update). Log it: a False means the weights are the best the
+      solver found, not the root (see :func:`fairgrad_solve`).
   """
 
   num_iterations: jax.Array
   relative_residual: jax.Array
+  converged: jax.Array
 
 
 def fairgrad_weighting_of(alpha, *, maxiter, tol, regularization,
@@ -36,7 +40,8 @@ def fairgrad_weighting_of(alpha, *, maxiter, tol, regularization,
   def init(num_tasks):
     del num_tasks
     return FairGradInfo(num_iterations=jnp.zeros((), jnp.int32),
-                        relative_residual=jnp.zeros((), jnp.float32))
+                        relative_residual=jnp.zeros((), jnp.float32),
+                        converged=jnp.zeros((), jnp.bool_))
 
   def weights(gram, extra, *, init, losses):
     del extra, losses
@@ -45,7 +50,8 @@ def fairgrad_weighting_of(alpha, *, maxiter, tol, regularization,
         regularization=regularization)
     return sol.weights, FairGradInfo(
         num_iterations=sol.num_iterations,
-        relative_residual=sol.relative_residual.astype(jnp.float32))
+        relative_residual=sol.relative_residual.astype(jnp.float32),
+        converged=sol.converged)
 
   # w(cGᵀG) = c^(-α/(1+α)) w(GᵀG), so d(σG) = σ^((1-α)/(1+α)) d(G).
   return base.Weighting(weights=weights, init=init,
@@ -69,7 +75,8 @@ def fairgrad(
   Given per-task gradients g_1..g_K, FairGrad returns d = Σ_i w_i g_i, the
   direction that maximises the α-fair utility Σ_i (g_iᵀd)^(1-α)/(1-α); its
   weights solve GᵀG w = w^(-1/α), w > 0 (Ban & Ji, eq. 4), here with a
-  jittable Levenberg–Marquardt loop (see :func:`fairgrad_solve`).
+  jittable, globally convergent damped Newton loop (see
+  :func:`fairgrad_solve`).
   α = 0 is linear scalarization (d = Σ_i g_i), α = 1 proportional fairness
   (the Nash-MTL solution), α = 2 minimum potential delay, α → ∞ max-min
   fairness.
@@ -79,6 +86,14 @@ def fairgrad(
   ``jax.vmap(jax.grad(task_loss), in_axes=(None, 0))(params, task_ids)`` or
   ``jax.jacrev(losses_fn)(params)``, and returns one update like the params.
   Extra keyword arguments (``losses=``...) are accepted and ignored.
+
+  The weights are not normalised: they solve GᵀG w = w^(-1/α) with the
+  paper's c = 1 (eq. 3), so they scale like ‖g‖^(-2α/(1+α)) and grow as the
+  gradients shrink during training; what matters is the direction of
+  Σ_i w_i g_i and the ratios of the weights. Adam divides the update by its
+  running scale, so their size barely matters there; with plain SGD it
+  multiplies the learning rate — cap it with ``max_norm`` (the authors use
+  ``max_norm=1.0`` with ``scale_by_num_tasks=True``).
 
   Behaviour at the edges:
 
@@ -108,7 +123,7 @@ def fairgrad(
       does "to match the sum loss" (off by default).
     max_norm: clip the global norm of the shared update to this value after
       the K scaling; the authors' code uses 1.0 (off by default).
-    maxiter: Levenberg–Marquardt iterations per step, at most.
+    maxiter: Newton iterations per step, at most.
     tol: the solver's tolerance on each task's relative residual.
     regularization: λ in GᵀG + λ diag(GᵀG); default 10 machine epsilons of
       the solve (see :func:`fairgrad_solve`).
