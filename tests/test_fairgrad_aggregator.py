@@ -337,3 +337,29 @@ def test_jaxopt_stays_behind_one_module():
       [sys.executable, "-W", "error::DeprecationWarning", "-c",
        "import fairgrad_jax"], capture_output=True, text=True, check=False)
   assert out.returncode == 0, out.stderr
+
+
+def test_inject_hyperparams_alpha_schedule():
+  """Issue 12: optax.inject_hyperparams(fj.fairgrad, ...) runs under jit,
+  and changing state.hyperparams['alpha'] changes the update exactly as
+  rebuilding the aggregator with that α would (α = 0 included)."""
+  a = jnp.array([[1.0, 0.0, 0.0, 0.0], [0.5, 2.0, 0.0, 0.0],
+                 [-1.0, 0.2, 0.1, 3.0]])
+  params = {"w": jnp.ones(4)}
+
+  def losses(p):
+    return (a @ p["w"]) ** 2
+
+  injected = optax.inject_hyperparams(
+      fj.fairgrad,
+      static_args=("num_tasks", "maxiter", "scale_by_num_tasks"))(
+          alpha=2.0, num_tasks=3)
+  state = injected.init(params)
+  grads = jax.jacrev(losses)(params)
+  update = jax.jit(injected.update)
+  for alpha in (2.0, 0.0, 1.0, 5.0):
+    state.hyperparams["alpha"] = jnp.asarray(alpha)
+    got, _ = update(grads, state, params)
+    rebuilt = fj.fairgrad(alpha, num_tasks=3)
+    want, _ = rebuilt.update(grads, rebuilt.init(params), params)
+    np.testing.assert_allclose(got["w"], want["w"], rtol=1e-6)

@@ -347,3 +347,45 @@ def test_scaling_law_at_the_edges_of_float32():
     assert true < 5e-7 and float(sol.relative_residual) < 5e-7, (c, true)
     np.testing.assert_allclose(np.asarray(sol.weights, np.float64),
                                w * c ** (-2.0 / 3.0), rtol=2e-6)
+
+
+def test_alpha_gradient_matches_finite_differences():
+  """Issue 12: the weights are differentiable with respect to α too
+  (implicitly: ∂w/∂α = -(GᵀG + diag(w^(-1/α-1)/α))⁻¹ ∂_α(-w^(-1/α)))."""
+  rng = np.random.default_rng(3)
+  g = random_gradients(rng, 3, 8, scales=np.logspace(-1, 1, 3))
+  gram = g @ g.T
+  c = np.array([1.0, -2.0, 0.5])
+
+  def root64(alpha):
+    w = np.asarray(fj.fairgrad_weights(jnp.asarray(gram, jnp.float32), 2.0),
+                   np.float64)
+    for _ in range(40):
+      r = gram @ w - w ** (-1 / alpha)
+      jac = gram + np.diag(w ** (-1 / alpha - 1) / alpha)
+      w = w - np.linalg.solve(jac, r)
+    return w
+
+  grad = float(jax.grad(lambda a: fj.fairgrad_weights(
+      jnp.asarray(gram, jnp.float32), a) @ c)(2.0))
+  eps = 1e-5
+  fd = (root64(2.0 + eps) @ c - root64(2.0 - eps) @ c) / (2 * eps)
+  np.testing.assert_allclose(grad, fd, rtol=1e-3)
+
+
+def test_traced_alpha_equals_static_alpha():
+  """α as a traced array (an α schedule under jit) gives the weights of the
+  static α, α = 0 included (no Python branch), and NaN for a bad value."""
+  rng = np.random.default_rng(4)
+  g = random_gradients(rng, 4, 10, scales=np.logspace(-1, 1, 4))
+  gram = jnp.asarray(g @ g.T, jnp.float32)
+  solve = jax.jit(lambda a, al: fj.fairgrad_solve(a, al))
+  for alpha in (0.0, 0.5, 1.0, 2.0, 10.0):
+    traced = solve(gram, jnp.float32(alpha))
+    static = fj.fairgrad_solve(gram, alpha)
+    np.testing.assert_allclose(traced.weights, static.weights, rtol=1e-6)
+    assert bool(traced.converged) and bool(static.converged)
+  for bad in (-1.0, float("inf"), float("nan")):
+    sol = solve(gram, jnp.float32(bad))
+    assert np.all(np.isnan(np.asarray(sol.weights))), bad
+    assert not bool(sol.converged)

@@ -84,25 +84,40 @@ def test_hard_set_converges(alpha):
       assert not bool(sols.converged[n]), c.name
 
 
-def test_hard_set_converged_flag_means_tolerance_met():
-  """converged ⇔ every task's relative residual (as evaluated) ≤ tol."""
-  cases = [c for c in _cases() if c.alpha == 2.0]
-  sols = _batched(_padded(cases), 2.0)
-  conv = np.asarray(sols.converged)
-  assert conv.any()
+@pytest.mark.parametrize("alpha", [0.5, 2.0])
+def test_hard_set_converged_flag_means_weights_at_the_root(alpha):
+  """converged ⇔ the weights are within tol of the float64 root.
+
+  ``converged`` means: every task's relative residual is at most tol, or the
+  last Newton correction (from the error-free residual) changes no weight by
+  more than tol. The second clause matters: where a task's (GᵀG w)_i
+  cancels (K = 2, conflicting, seven decades), the float64 root rounded to
+  float32 already has a per-task residual of 7e-4, so a residual-only flag
+  said False on weights accurate to 4e-8. Checked against the independent
+  float64 roots, in both directions: every case here converges, and each
+  converged answer is within 1e-4 of its root.
+  """
+  cases = [c for c in _cases() if c.alpha == alpha]
+  sols = _batched(_padded(cases), alpha)
   for n, c in enumerate(cases):
-    if not conv[n]:
-      continue
+    assert bool(sols.converged[n]), c.name
     w = np.asarray(sols.weights[n], np.float64)[:c.k]
-    rel = (c.gram @ w) * w ** (1 / 2.0) - 1.0
-    assert np.max(np.abs(rel)) <= 2e-5, c.name
+    assert c.root is not None, c.name
+    assert np.max(np.abs(w / c.root - 1.0)) <= 1e-4, c.name
+  # The residual clause alone is not what made them converge everywhere.
+  rel_max = []
+  for n, c in enumerate(cases):
+    w = np.asarray(sols.weights[n], np.float64)[:c.k]
+    rel_max.append(np.max(np.abs((c.gram @ w) * w ** (1 / alpha) - 1.0)))
+  assert max(rel_max) > 1e-5, rel_max
 
 
 def test_warm_start_on_a_drifting_sequence():
   """Warm-started from the last weights, a slowly drifting problem takes
-  fewer iterations than cold (at most 5) and matches the cold solve. (Issue 11 asks
-  for at most 2; measured on these conflicting tasks: 2 at α = 1, 2–3 at
-  α = 2, 2–5 at α = 5, against 3, 5–6 and 7–10 cold.)"""
+  fewer iterations than cold (at most 5) and matches the cold solve. (Issue 11
+  asks for at most 2; measured on these conflicting tasks: 2–3 at α = 1 and
+  2, 2–3 at α = 5, against a cold median of 3, 5 and 7; random and
+  correlated tasks take 1–2.)"""
   rng = np.random.default_rng(0)
   g = _hard_set.gradients("conflicting", PAD_K, 2, seed=3)
   drift = rng.normal(size=g.shape) * 1e-3 * np.linalg.norm(g, axis=1,

@@ -31,11 +31,12 @@ def fairgrad_weighting_of(alpha, *, maxiter, tol, regularization,
                           weight_heads=False) -> base.Weighting:
   """The :class:`base.Weighting` of FairGrad at α (shared with Nash-MTL)."""
   if not (isinstance(maxiter, int) and maxiter >= 1):
-    raise ValueError(f"maxiter must be a positive int, got {maxiter!r}.")
-  if not tol > 0:
-    raise ValueError(f"tol must be > 0, got {tol!r}.")
-  if regularization is not None and not regularization >= 0:
-    raise ValueError(f"regularization must be >= 0, got {regularization!r}.")
+    raise ValueError(
+        f"maxiter must be a positive int, got {maxiter!r} (with"
+        " optax.inject_hyperparams, pass static_args=('num_tasks', 'maxiter',"
+        " 'scale_by_num_tasks')).")
+  fairgrad_weighting.check_tol_and_regularization(tol, regularization)
+  traced = fairgrad_weighting.is_traced(alpha)
 
   def init(num_tasks):
     del num_tasks
@@ -56,7 +57,8 @@ def fairgrad_weighting_of(alpha, *, maxiter, tol, regularization,
   # w(cGᵀG) = c^(-α/(1+α)) w(GᵀG), so d(σG) = σ^((1-α)/(1+α)) d(G).
   return base.Weighting(weights=weights, init=init,
                         degree=(1.0 - alpha) / (1.0 + alpha),
-                        weight_heads=weight_heads, needs_gram=alpha > 0)
+                        weight_heads=weight_heads,
+                        needs_gram=traced or alpha > 0)
 
 
 def fairgrad(
@@ -109,7 +111,8 @@ def fairgrad(
     update has the gradients' dtype.
 
   Args:
-    alpha: fairness level α >= 0 (static).
+    alpha: fairness level α >= 0; a Python number (checked here) or a
+      traced array (e.g. under ``optax.inject_hyperparams``; see below).
     num_tasks: K. When given, ``state.weights`` holds the last (K,) weights
       (and ``state.extra`` the solver's :class:`FairGradInfo`), and each solve
       warm-starts from the previous weights. Without it the aggregator still
@@ -152,11 +155,31 @@ def fairgrad(
     >>> bool(state[0].extra.relative_residual < 1e-4)
     True
 
+    An α schedule: α is a traced hyperparameter under
+    ``optax.inject_hyperparams`` (the int and bool arguments stay static),
+    and each step's update is the one of ``fairgrad(alpha)`` at that α:
+
+    >>> sched = optax.inject_hyperparams(
+    ...     fairgrad_jax.fairgrad,
+    ...     static_args=("num_tasks", "maxiter", "scale_by_num_tasks"))(
+    ...         alpha=0.0, num_tasks=2)
+    >>> sched_state = sched.init(params)
+    >>> grads = jax.jacrev(losses)(params)
+    >>> update = jax.jit(sched.update)
+    >>> for alpha in (0.0, 1.0, 2.0):  # one compilation for every α
+    ...   sched_state.hyperparams["alpha"] = jnp.asarray(alpha)
+    ...   d, sched_state = update(grads, sched_state, params)
+    >>> fixed = fairgrad_jax.fairgrad(alpha=2.0, num_tasks=2)
+    >>> d_fixed, _ = fixed.update(grads, fixed.init(params), params)
+    >>> bool(jnp.allclose(d["w"], d_fixed["w"], rtol=1e-5))
+    True
+
   References:
     Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024,
     arXiv:2402.15638 (Section 4, Algorithm 1).
   """
-  alpha = fairgrad_weighting.check_alpha(alpha)
+  if not fairgrad_weighting.is_traced(alpha):
+    alpha = fairgrad_weighting.check_alpha(alpha)
   weighting = fairgrad_weighting_of(alpha, maxiter=maxiter, tol=tol,
                                     regularization=regularization)
   hyperparams = {"alpha": alpha} | base.common_hyperparams(
