@@ -363,3 +363,22 @@ def test_inject_hyperparams_alpha_schedule():
     rebuilt = fj.fairgrad(alpha, num_tasks=3)
     want, _ = rebuilt.update(grads, rebuilt.init(params), params)
     np.testing.assert_allclose(got["w"], want["w"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"tol": float("inf")}, "tol"), ({"tol": 0.0}, "tol"),
+    ({"tol": float("nan")}, "tol"),
+    ({"regularization": float("inf")}, "regularization"),
+    ({"regularization": -1e-6}, "regularization"),
+    ({"alpha": float("inf")}, "alpha"), ({"alpha": float("nan")}, "alpha"),
+])
+def test_solver_settings_refused_at_construction(kwargs, name):
+  """Issue 12: tol = inf (which stopped the solve at its start) and
+  regularization = inf (NaN weights) are refused, by the aggregator and by
+  the solve, naming the argument."""
+  with pytest.raises(ValueError, match=name):
+    fj.fairgrad(**kwargs)
+  solve_kwargs = dict(kwargs)
+  alpha = solve_kwargs.pop("alpha", 2.0)
+  with pytest.raises(ValueError, match=name):
+    fj.fairgrad_solve(jnp.eye(2), alpha, **solve_kwargs)
