@@ -37,6 +37,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from fairgrad_jax import _gram
 
@@ -102,10 +103,10 @@ def block_product(a_leaves, b_leaves, dtype):
   def product(scale_exp):
     out = 0.0
     for x, y in zip(a_leaves, b_leaves):
-      x = _flat(x).astype(dtype) * jnp.exp2(-scale_exp)
-      y = x if same else _flat(y).astype(dtype) * jnp.exp2(-scale_exp)
+      x = _gram.times_pow2(_flat(x).astype(dtype), -scale_exp)
+      y = x if same else _gram.times_pow2(_flat(y).astype(dtype), -scale_exp)
       out = out + jnp.dot(x, y.T, precision=_HIGHEST)
-    return out * jnp.exp2(2 * scale_exp)
+    return _gram.times_pow2(out, 2 * scale_exp)
 
   def rescaled():
     e = _gram.log2_scale(a_leaves, dtype)
@@ -203,10 +204,9 @@ def gram_from_vjp(vjp_fn, k, loss_dtype, mask, *, chunk_size=None,
     def columns(ct):
       shared = _masked(rows(ct), mask)
       e = _gram.log2_scale(shared, dtype)
-      inv = jnp.exp2(-e)
-      # Tangents: the chunk's gradients / σ on the shared leaves.
-      cols = jax.vmap(shared_jvp)([x * inv.astype(x.dtype) for x in shared])
-      return cols.astype(dtype) * jnp.exp2(e)  # (chunk, K) = (J J_Cᵀ)ᵀ
+      # Tangents: the chunk's gradients / σ on the shared leaves (exact).
+      cols = jax.vmap(shared_jvp)([_gram.times_pow2(x, -e) for x in shared])
+      return _gram.times_pow2(cols.astype(dtype), e)  # (chunk, K) = (J J_Cᵀ)ᵀ
 
     cols = jax.lax.map(columns, cotangents)  # (n, chunk, K)
     gram = cols.reshape(n * chunk, k)[:k]
@@ -273,12 +273,71 @@ def call_weights_fn(weights_fn, gram, init, k):
   return jax.lax.stop_gradient(weights.astype(gram.dtype))
 
 
-def check_losses(losses):
+def check_losses(losses, what="losses_fn"):
+  """Checks a (K,) vector of real floating-point losses, K >= 1; returns K."""
+  if not isinstance(losses, jax.Array):
+    raise TypeError(
+        f"{what} must return one (K,) array of task losses, got a"
+        f" {type(losses).__name__}"
+        + (" (stack the losses: jnp.stack([l1, l2, ...]))."
+           if isinstance(losses, (tuple, list, dict)) else "."))
   if jnp.ndim(losses) != 1:
     raise ValueError(
-        "losses_fn must return a vector of K task losses, got shape"
+        f"{what} must return a vector of K task losses, got shape"
         f" {jnp.shape(losses)}.")
+  if not jnp.issubdtype(losses.dtype, jnp.floating):
+    raise TypeError(
+        f"{what} must return real floating-point losses (they are"
+        f" differentiated), got dtype {losses.dtype}; compute them from"
+        " float arrays (e.g. x.astype(jnp.float32)).")
+  if losses.shape[0] == 0:
+    raise ValueError(f"{what} returned K = 0 losses; it needs at least one"
+                     " task.")
   return losses.shape[0]
+
+
+def _gram_weighting_for(factory):
+  """For an aggregator factory of this package: what to pass instead."""
+  # pylint: disable=g-import-not-at-top
+  import fairgrad_jax
+  pairs = {
+      "fairgrad": "functools.partial(fairgrad_jax.fairgrad_weights, alpha=...)",
+      "nash_mtl": "fairgrad_jax.nash_mtl_weights",
+      "mgda": "fairgrad_jax.mgda_weights",
+      "cagrad": "functools.partial(fairgrad_jax.cagrad_weights, c=...)",
+      "imtl_g": "fairgrad_jax.imtl_g_weights",
+      "pcgrad": "functools.partial(fairgrad_jax.pcgrad_weights, key=key)",
+      "linear_scalarization": "lambda gram: jnp.ones(gram.shape[0])",
+  }
+  for name in ("graddrop", "rlw", "dwa", "uw", "scale_invariant", "famo"):
+    pairs[name] = None
+  for name, weighting in pairs.items():
+    if factory is getattr(fairgrad_jax, name):
+      return name, weighting
+  return None
+
+
+def check_weights_fn(weights_fn, what="weights_fn"):
+  """Refuses an aggregator (or its factory) where a weighting is expected."""
+  if isinstance(weights_fn, optax.GradientTransformation):
+    raise TypeError(
+        f"{what} must be a weighting gram -> (K,) weights (e.g."
+        " fairgrad_jax.mgda_weights), got an optax aggregator"
+        f" {weights_fn!r}; aggregators take stacked per-task gradients:"
+        " use them in an optax chain with fairgrad_jax.task_gradients.")
+  if not callable(weights_fn):
+    return  # the caller's own "must be callables" error
+  found = _gram_weighting_for(weights_fn)
+  if found is not None:
+    name, weighting = found
+    instead = (f" pass {weighting}" if weighting is not None else
+               f" {name} weights the losses or the gradients' entries, not"
+               " the Gram matrix, so it has no Gram weighting; use it as an"
+               " optax aggregator on fairgrad_jax.task_gradients' output")
+    raise TypeError(
+        f"{what}=fairgrad_jax.{name} is an aggregator factory (an optax"
+        f" transformation of stacked gradients), not a weighting gram ->"
+        f" (K,) weights;{instead}.")
 
 
 def weighted_grad(
@@ -366,6 +425,7 @@ def weighted_grad(
     https://github.com/TorchJD/torchjd.
   """
   check_options(chunk_size, mode)
+  check_weights_fn(weights_fn)
   if not callable(losses_fn) or not callable(weights_fn):
     raise ValueError("losses_fn and weights_fn must be callables.")
 
@@ -374,13 +434,14 @@ def weighted_grad(
     mask = _gram.shared_leaves(shared, params)
     if mode == "jvp":
       losses, jvp_fn = jax.linearize(fn, params)
+      k = check_losses(losses)
       vjp_fn = jax.linear_transpose(jvp_fn, params)
       vjp_fn1 = lambda ct: vjp_fn(ct)[0]
     else:
       losses, vjp_fn = jax.vjp(fn, params)
+      k = check_losses(losses)
       jvp_fn = None
       vjp_fn1 = lambda ct: vjp_fn(ct)[0]
-    k = check_losses(losses)
     gram = gram_from_vjp(vjp_fn1, k, losses.dtype, mask,
                          chunk_size=chunk_size, jvp_fn=jvp_fn, params=params)
     weights = call_weights_fn(weights_fn, gram, init, k)

@@ -53,3 +53,42 @@ def real_hyperparameter(name: str, value, *, minimum: float,
     raise ValueError(f"{name} must be a finite real number{bound}, got"
                      f" {value!r}.")
   return value
+
+
+def int_hyperparameter(name: str, value, *, minimum: int = 1) -> int:
+  """Checks that ``value`` is an int >= ``minimum`` (static: not traced).
+
+  Counts (``maxiter``, ``num_tasks``, ``chunk_size``...) fix the shape of the
+  computation, so they must be Python (or NumPy) ints, never bools, floats
+  or arrays; with ``optax.inject_hyperparams``, list them in
+  ``static_args``.
+
+  Args:
+    name: the argument's name, for the error message.
+    value: the value given.
+    minimum: the smallest value allowed.
+
+  Returns:
+    ``value`` as a Python int.
+
+  Raises:
+    ValueError: ``value`` is not an int (a bool, float, array...) or is
+      below ``minimum`` (ValueError for both, as every count argument of
+      the package has always raised).
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(
+      value, (int, np.integer)):
+    hint = (" (static: name it in inject_hyperparams' static_args)"
+            if isinstance(value, (jax.Array, np.ndarray)) else "")
+    raise ValueError(f"{name} must be an int >= {minimum}{hint}, got"
+                     f" {value!r}.")
+  if value < minimum:
+    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+  return int(value)
+
+
+def bool_hyperparameter(name: str, value) -> bool:
+  """Checks that ``value`` is a Python (or NumPy) bool; returns it."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a bool (True or False), got {value!r}.")
+  return bool(value)

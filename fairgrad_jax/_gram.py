@@ -5,6 +5,7 @@ has a leading task axis of size K (from ``jax.vmap(jax.grad(...))`` over tasks
 or ``jax.jacrev`` of a vector of losses). These helpers work on such trees.
 """
 
+import sys
 from typing import Any
 
 import jax
@@ -20,10 +21,27 @@ _DIRECT_RANGE = 40
 
 
 def num_tasks_of(stacked_grads) -> int:
-  """The size K of the leading task axis, checked to be the same everywhere."""
+  """The size K >= 1 of the leading task axis, the same on every leaf.
+
+  Also checks that the gradients are real floating-point arrays: integer or
+  bool "gradients" would give an update cast back to their dtype (zeros),
+  and complex ones have no Gram matrix of real inner products here.
+  """
   leaves = jax.tree.leaves(stacked_grads)
   if not leaves:
     raise ValueError("The per-task gradients have no leaves.")
+  for x in leaves:
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      kind = ("complex" if jnp.issubdtype(dtype, jnp.complexfloating)
+              else "integer/bool")
+      article = "a" if kind == "complex" else "an"
+      raise TypeError(
+          "The per-task gradients must be real floating-point arrays"
+          f" (float32, bfloat16...), got {article} {kind} leaf of dtype"
+          f" {dtype} and shape {jnp.shape(x)}."
+          + (" Split complex parameters into real and imaginary parts."
+             if kind == "complex" else ""))
   sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
   if None in sizes or len(sizes) != 1:
     shapes = [jnp.shape(x) for x in leaves]
@@ -32,7 +50,98 @@ def num_tasks_of(stacked_grads) -> int:
         f" axis (K, ...), as made by jax.vmap(jax.grad(...)); got shapes"
         f" {shapes}."
     )
-  return sizes.pop()
+  k = sizes.pop()
+  if k == 0:
+    raise ValueError(
+        "The per-task gradients have a task axis of size K = 0 (no tasks);"
+        " an aggregator needs at least one task's gradient.")
+  return k
+
+
+def _optax_wrapper() -> str | None:
+  """The optax wrapper this call runs inside that cannot hold stacked grads.
+
+  ``optax.MultiSteps`` accumulates gradients in buffers shaped like the
+  params and ``optax.apply_if_finite`` returns zeros shaped like its input
+  on a rejected step; neither fits an aggregator, which maps (K, ...)
+  per-task gradients to a params-shaped update. Both fail deep inside
+  ``lax.cond`` with a shape mismatch; the caller's frames tell them apart.
+  """
+  frame = sys._getframe(1)  # pylint: disable=protected-access
+  for _ in range(64):
+    frame = frame.f_back
+    if frame is None:
+      return None
+    if not str(frame.f_globals.get("__name__", "")).startswith("optax"):
+      continue
+    qualname = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+    if "MultiSteps." in qualname:
+      return "optax.MultiSteps"
+    if "apply_if_finite." in qualname:
+      return "optax.apply_if_finite"
+  return None
+
+
+_WRAPPER_HINTS = {
+    "optax.MultiSteps": (
+        "optax.MultiSteps cannot wrap a chain with an aggregator: it"
+        " accumulates gradients shaped like the params, while the"
+        " aggregator needs the K stacked per-task gradients (K, ...)."
+        " Accumulate the per-task gradients yourself instead (sum the"
+        " (losses, grads) of fairgrad_jax.task_gradients over the"
+        " micro-batches, then call the optimizer once), or compute them on"
+        " the whole batch with fairgrad_jax.task_gradients /"
+        " fairgrad_jax.weighted_grad."),
+    "optax.apply_if_finite": (
+        "optax.apply_if_finite cannot wrap a chain with an aggregator: on a"
+        " rejected step it returns zeros shaped like its input, the (K, ...)"
+        " per-task gradients, not like the params. Put it after the"
+        " aggregator: optax.chain(aggregator, optax.apply_if_finite("
+        "optax.adam(...), max_consecutive_errors)); a non-finite gradient"
+        " gives a NaN update there and the aggregator keeps its state."),
+}
+
+
+def check_stacked(stacked_grads, params, name: str) -> int:
+  """:func:`num_tasks_of`, and each leaf (K, *shape) of the params' leaf.
+
+  A plain gradient (shaped like the params) whose every leaf happens to have
+  a leading size K would otherwise pass for K stacked gradients; with the
+  params at hand (``update(grads, state, params)``) it is refused.
+
+  Args:
+    stacked_grads: the per-task gradients given to ``update``.
+    params: the params given to ``update``, or None (nothing to compare).
+    name: the aggregator's name, for the message.
+
+  Returns:
+    K.
+  """
+  wrapper = _optax_wrapper()
+  if wrapper is not None:
+    raise ValueError(f"{name}: {_WRAPPER_HINTS[wrapper]}")
+  k = num_tasks_of(stacked_grads)
+  if params is None:
+    return k
+  g_leaves, g_def = jax.tree.flatten(stacked_grads)
+  p_leaves, p_def = jax.tree.flatten(params)
+  if g_def != p_def:
+    return k  # optax reports structure mismatches where they matter
+  bad = [(jnp.shape(g), jnp.shape(p)) for g, p in zip(g_leaves, p_leaves)
+         if tuple(jnp.shape(g)[1:]) != tuple(jnp.shape(p))]
+  if bad:
+    plain = all(gs == ps for gs, ps in bad)
+    hint = (" They look like one plain gradient shaped like the params, not"
+            " K stacked per-task gradients: stack them with"
+            " jax.jacrev(losses_fn)(params) or fairgrad_jax.task_gradients."
+            if plain else "")
+    raise ValueError(
+        f"{name}: every gradient leaf must have shape (K, *param.shape) with"
+        f" K = {k}, the per-task gradients stacked on a leading task axis;"
+        f" got (gradient, param) shapes {bad[:4]}"
+        f"{' ...' if len(bad) > 4 else ''}."
+        + hint)
+  return k
 
 
 def _broadcast_prefix(mask, tree):
@@ -92,6 +201,40 @@ def _log2_of(max_abs):
   """round(log2 max_abs), or 0 when max_abs is 0 or not finite."""
   ok = jnp.isfinite(max_abs) & (max_abs > 0)
   return jnp.where(ok, jnp.round(jnp.log2(jnp.where(ok, max_abs, 1.0))), 0.0)
+
+
+def _pow2_int(n, dtype):
+  """2^n exactly, for an integer-valued n with 2^n a normal number of dtype."""
+  return jnp.ldexp(jnp.ones((), dtype), jnp.asarray(n).astype(jnp.int32))
+
+
+def times_pow2(x, t):
+  """x · 2^t, exact for an integer-valued t when the result is normal.
+
+  ``jnp.exp2`` is neither exact (XLA's CPU exp2 is off by an ulp for most
+  integer exponents beyond ±12) nor in range: the scale σ = 2^e of float32
+  gradients runs from 2^-149 to 2^128, and 2^-126 and below flush to zero,
+  2^128 overflows. So 2^round(t) is applied as two exact factors 2^⌊n/2⌋ and
+  2^⌈n/2⌉ (each within ±75, both of one sign, so every intermediate lies
+  between x and the result), then the fractional part 2^(t - round(t)),
+  |t - round(t)| <= 1/2 (1 exactly when t is an integer).
+
+  Args:
+    x: an array (any float dtype).
+    t: a real exponent (array or Python number).
+
+  Returns:
+    x · 2^t in x's dtype.
+  """
+  x = jnp.asarray(x)
+  t = jnp.asarray(t, jnp.promote_types(jnp.result_type(t), jnp.float32))
+  n = jnp.round(t)
+  # Far beyond any float range: clamp (the result is 0 or inf as it should).
+  n = jnp.clip(jnp.where(jnp.isfinite(n), n, 0.0), -600.0, 600.0)
+  half = jnp.floor(n / 2)
+  out = x * _pow2_int(half, x.dtype) * _pow2_int(n - half, x.dtype)
+  frac = t - jnp.round(t)
+  return jnp.where(frac == 0, out, out * jnp.exp2(frac).astype(x.dtype))
 
 
 def log2_scale(leaves, dtype) -> jax.Array:
@@ -188,11 +331,10 @@ def scaled_gram(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
   dtype = solve_dtype(leaves)
 
   def scaled(log2_sigma):
-    inv_sigma = jnp.exp2(-log2_sigma)
     return sum(
-        jnp.einsum("i...,j...->ij", x.astype(dtype) * inv_sigma,
-                   x.astype(dtype) * inv_sigma, precision=_HIGHEST,
-                   preferred_element_type=dtype)
+        jnp.einsum("i...,j...->ij", times_pow2(x.astype(dtype), -log2_sigma),
+                   times_pow2(x.astype(dtype), -log2_sigma),
+                   precision=_HIGHEST, preferred_element_type=dtype)
         for x in leaves
     )
 
@@ -206,7 +348,7 @@ def scaled_gram(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
     log2_sigma = _log2_of(max_abs)
     in_range = jnp.abs(log2_sigma) <= _DIRECT_RANGE  # e = 0 for zero or inf
     gram = jax.lax.cond(
-        in_range, lambda e: plain * jnp.exp2(-2 * e), scaled, log2_sigma)
+        in_range, lambda e: times_pow2(plain, -2 * e), scaled, log2_sigma)
     return gram, log2_sigma
 
   log2_sigma = log2_scale(leaves, dtype)
@@ -214,11 +356,11 @@ def scaled_gram(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
   def direct(e):
     # Products of entries below 2^40 cannot overflow: no scaled copy of the
     # gradients is needed; scaling the K×K result by 4^-e is exact.
-    return sum(
+    return times_pow2(sum(
         jnp.einsum("i...,j...->ij", x, x, precision=_HIGHEST,
                    preferred_element_type=dtype)
         for x in leaves
-    ) * jnp.exp2(-2 * e)
+    ), -2 * e)
 
   in_range = jnp.abs(log2_sigma) <= _DIRECT_RANGE  # e = 0 for zero or inf
   gram = jax.lax.cond(in_range, direct, scaled, log2_sigma)
@@ -248,18 +390,26 @@ def gram_matrix(stacked_grads, shared: Mask = None) -> jax.Array:
   mask = shared_leaves(shared, stacked_grads)
   leaves = [x for x, m in zip(jax.tree.leaves(stacked_grads), mask) if m]
   gram, log2_sigma = scaled_gram(leaves)
-  return gram * jnp.exp2(2 * log2_sigma)
+  return times_pow2(gram, 2 * log2_sigma)
 
 
-def weighted_sum(weights: jax.Array, x: jax.Array, *scales) -> jax.Array:
-  """``Σ_i weights_i x_i`` over the leading axis, times ``scales`` in turn.
+def weighted_sum(weights: jax.Array, x: jax.Array, *, log2_in=None,
+                 log2_out=None, factor=None) -> jax.Array:
+  """``2^log2_out · factor · Σ_i weights_i (2^log2_in x_i)`` over the task axis.
 
-  Accumulates and scales in at least float32, then casts to x's dtype, so
-  bf16/f16 gradients are summed in float32 and only the result is rounded.
+  The powers of two are applied exactly (:func:`times_pow2`): x scaled to
+  O(1) before the sum cannot overflow in it, and a result that is finite in
+  x's dtype comes out finite. Accumulates and scales in at least float32,
+  then casts to x's dtype, so bf16/f16 gradients are summed in float32 and
+  only the result is rounded.
   """
   dtype = jnp.promote_types(x.dtype, jnp.float32)
-  out = jnp.tensordot(weights.astype(dtype), x.astype(dtype), axes=1,
-                      precision=_HIGHEST)
-  for scale in scales:
-    out = out * scale
+  y = x.astype(dtype)
+  if log2_in is not None:
+    y = times_pow2(y, log2_in)
+  out = jnp.tensordot(weights.astype(dtype), y, axes=1, precision=_HIGHEST)
+  if log2_out is not None:
+    out = times_pow2(out, log2_out)
+  if factor is not None:
+    out = out * factor
   return out.astype(x.dtype)

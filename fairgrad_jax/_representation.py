@@ -110,6 +110,7 @@ def representation_grad(
     arXiv:2402.15638.
   """
   _autogram.check_options(chunk_size, mode)
+  _autogram.check_weights_fn(weights_fn)
   if not all(callable(f) for f in (encoder_fn, heads_fn, weights_fn)):
     raise ValueError("encoder_fn, heads_fn and weights_fn must be callables.")
   if num_tasks is not None and (
@@ -139,7 +140,7 @@ def representation_grad(
       task_grad = lambda t: jax.grad(
           lambda z: task_loss(params, z, t))(z)
     losses, heads_vjp = jax.vjp(losses_of, params, z)
-    k = _autogram.check_losses(losses)
+    k = _autogram.check_losses(losses, "heads_fn")
     # The z-derivatives alone (XLA shares the heads' forward pass with the
     # VJP above).
     if mode == "jvp":

@@ -38,13 +38,27 @@ def data_mesh(devices: Sequence[jax.Device] | None = None,
   return Mesh(np.asarray(devices), (axis_name,))
 
 
+def _check_axis(mesh, axis_name):
+  if not isinstance(mesh, Mesh):
+    raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. from"
+                    f" fairgrad_jax.data_mesh()), got {type(mesh).__name__}.")
+  if axis_name not in mesh.axis_names:
+    raise ValueError(
+        f"The mesh has no axis {axis_name!r} to split the batch over; its"
+        f" axes are {tuple(mesh.axis_names)}. Pass axis_name= naming the"
+        " batch axis (e.g. axis_name="
+        f"{mesh.axis_names[0]!r}), or build the mesh with"
+        " fairgrad_jax.data_mesh().")
+
+
 def shard_batch(batch, mesh: Mesh, axis_name: str = "data"):
   """Places every leaf of ``batch`` split along its leading axis over the mesh.
 
   Raises:
-    ValueError: if a leaf's leading size is not a multiple of the number of
-      devices on ``axis_name``.
+    ValueError: if the mesh has no axis ``axis_name``, or a leaf's leading
+      size is not a multiple of the number of devices on it.
   """
+  _check_axis(mesh, axis_name)
   num = mesh.shape[axis_name]
   for x in jax.tree.leaves(batch):
     if np.ndim(x) == 0 or np.shape(x)[0] % num:
@@ -95,6 +109,7 @@ def data_parallel(fn: Callable, mesh: Mesh | None = None, *,
     (3, 2)
   """
   mesh = data_mesh(axis_name=axis_name) if mesh is None else mesh
+  _check_axis(mesh, axis_name)
   batch_argnums = tuple(batch_argnums)
   replicated = NamedSharding(mesh, PartitionSpec())
   jitted = jax.jit(fn, out_shardings=replicated)

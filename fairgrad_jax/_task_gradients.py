@@ -5,6 +5,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from fairgrad_jax import _autogram
+
 # Tasks whose gradients one backward pass computes together on a CPU. There
 # a batched pass costs about as much per task as one pass per task (the
 # batched matmuls run no faster than plain ones; on the 2-core benchmark
@@ -46,6 +48,13 @@ def task_gradients(
   Only the stacked gradients themselves (K copies of the params) are always
   held; to avoid even those, see :func:`weighted_grad`.
 
+  Gradient accumulation: ``optax.MultiSteps`` cannot wrap a chain that
+  starts with an aggregator (it accumulates params-shaped gradients; the
+  aggregator refuses to run inside it, naming it). Average the stacked
+  gradients of the micro-batches instead and call the optimizer once, as in
+  the last lines of the example; the weights are then solved once, on the
+  whole batch's gradients.
+
   Args:
     losses_fn: ``(params, *args) -> (K,)`` task losses; ``args`` (a batch,
       a PRNG key...) pass through unchanged and are not differentiated.
@@ -76,6 +85,14 @@ def task_gradients(
     ...                   optax.adam(1e-3))
     >>> state = opt.init(params)
     >>> updates, state = opt.update(grads, state, params)
+    >>> acc = None  # accumulation over two micro-batches, instead of MultiSteps
+    >>> for xb in (x[:1], x[1:]):
+    ...   _, g = grads_fn(params, xb)
+    ...   acc = g if acc is None else jax.tree.map(jnp.add, acc, g)
+    >>> acc = jax.tree.map(lambda a: a / 2, acc)  # the whole batch's mean
+    >>> bool(jnp.allclose(acc["w"], grads["w"], atol=1e-6))
+    True
+    >>> updates, state = opt.update(acc, state, params)
   """
   if not callable(losses_fn):
     raise TypeError(
@@ -90,14 +107,8 @@ def task_gradients(
 
   def fn(params, *args):
     losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, *args), params)
-    if jnp.ndim(losses) != 1:
-      raise ValueError(
-          "losses_fn must return a vector of K task losses, got shape"
-          f" {jnp.shape(losses)}.")
-    if not jnp.issubdtype(losses.dtype, jnp.floating):
-      raise TypeError(
-          f"losses_fn must return floating-point losses, got {losses.dtype}.")
-    k = losses.shape[0]
+    # A (K,) float array, K >= 1 (not a tuple, not integers).
+    k = _autogram.check_losses(losses)
     size = default_batch_size(k) if batch_size is None else min(batch_size, k)
     row = lambda ct: vjp_fn(ct)[0]
     cotangents = jnp.eye(k, dtype=losses.dtype)

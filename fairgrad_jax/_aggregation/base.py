@@ -5,6 +5,13 @@ methods, the task losses and a state of its own) to K weights. The
 *aggregator* built on it takes the stacked per-task gradients and returns
 d = Σ_i w_i g_i on the shared leaves. This split follows TorchJD; every
 Gram-based method of the package is one weighting plus this module.
+
+An aggregator changes the shapes (K stacked gradients in, one update out),
+so optax wrappers that assume the input and output shapes agree cannot
+wrap a chain that starts with one: ``optax.MultiSteps`` (accumulate the
+stacked gradients yourself, see :func:`fairgrad_jax.task_gradients`) and
+``optax.apply_if_finite`` (put it after the aggregator). The update raises
+a ValueError saying so when it finds itself inside either.
 """
 
 import dataclasses
@@ -14,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from optax.experimental import aggregating
 
+from fairgrad_jax import _checks
 from fairgrad_jax import _gram
 
 
@@ -77,9 +85,14 @@ def check_num_tasks(num_tasks):
                      f" {num_tasks!r}.")
 
 
-def check_post_options(max_norm):
-  if max_norm is not None and not max_norm > 0:
-    raise ValueError(f"max_norm must be > 0 or None, got {max_norm!r}.")
+def check_post_options(max_norm, scale_by_num_tasks=False):
+  """Checks the options every aggregator shares; returns ``max_norm``."""
+  _checks.bool_hyperparameter("scale_by_num_tasks", scale_by_num_tasks)
+  if max_norm is None:
+    return None
+  # Finite and > 0: None (not inf) turns clipping off.
+  return _checks.real_hyperparameter("max_norm", max_norm, minimum=0.0,
+                                     strict=True)
 
 
 def weighted_aggregator(
@@ -109,7 +122,7 @@ def weighted_aggregator(
     **extra_args)`` returns one update shaped like the params.
   """
   check_num_tasks(num_tasks)
-  check_post_options(max_norm)
+  max_norm = check_post_options(max_norm, scale_by_num_tasks)
 
   def init_fn(params):
     del params
@@ -120,8 +133,8 @@ def weighted_aggregator(
     return AggregatorState(weights=weights, extra=weighting.init(num_tasks))
 
   def update_fn(grads, state, params=None, *, losses=None, **extra_args):
-    del params, extra_args
-    k = _gram.num_tasks_of(grads)
+    del extra_args
+    k = _gram.check_stacked(grads, params, name)
     if num_tasks is not None and k != num_tasks:
       raise ValueError(
           f"{name} was built with num_tasks={num_tasks} but the gradients"
@@ -144,24 +157,32 @@ def weighted_aggregator(
     init = None
     if state.weights is not None:
       # True weights w relate to those of the σ-free problem by w = σ^(p-1) w̃.
-      init = state.weights.astype(gram.dtype) * jnp.exp2(e * (1.0 - p))
+      init = _gram.times_pow2(state.weights.astype(gram.dtype), e * (1.0 - p))
     w_scaled, extra = weighting.weights(gram, state.extra, init=init,
                                         losses=losses)
     w_scaled = w_scaled.astype(gram.dtype)
 
-    # d = σ^p Σ w̃_i (g_i / σ), multiplied in this order, in float32, so that
-    # no factor overflows when d itself is finite.
-    scales = (jnp.exp2(-e), jnp.exp2(e * p))
-    if scale_by_num_tasks:
-      scales += (k,)
-    shared_out = [_gram.weighted_sum(w_scaled, x, *scales).astype(gram.dtype)
-                  for x in shared_leaves]
+    # d = σ^p Σ w̃_i (g_i / σ), multiplied in this order, in float32, with
+    # exact powers of two (σ runs from 2^-149 to 2^128 in float32), so that
+    # no factor overflows or flushes to zero when d itself is finite.
+    shared_out = [
+        _gram.weighted_sum(w_scaled, x, log2_in=-e, log2_out=e * p,
+                           factor=k if scale_by_num_tasks else None
+                           ).astype(gram.dtype)
+        for x in shared_leaves]
     if max_norm is not None:
-      norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in shared_out))
-      factor = jnp.minimum(1.0, max_norm / jnp.where(norm > 0, norm, 1.0))
-      shared_out = [x * factor for x in shared_out]
+      # ‖d‖ = 2^s ‖d / 2^s‖: no overflow of the squares for d near 1e38.
+      s = _gram.log2_scale(shared_out, gram.dtype)
+      norm = jnp.sqrt(sum(jnp.sum(jnp.square(_gram.times_pow2(x, -s)))
+                          for x in shared_out))
+      # Clipped: d / 2^s times max_norm / ‖d / 2^s‖ (2^-s alone may flush).
+      clip = _gram.times_pow2(norm, s) > max_norm
+      factor = max_norm / jnp.where(norm > 0, norm, 1.0)
+      shared_out = [jnp.where(clip, _gram.times_pow2(x, -s) * factor, x)
+                    for x in shared_out]
 
-    head_weights = (w_scaled * jnp.exp2(e * (p - 1.0)) if weighting.weight_heads
+    head_weights = (_gram.times_pow2(w_scaled, e * (p - 1.0))
+                    if weighting.weight_heads
                     else jnp.ones((k,), gram.dtype))
     shared_iter = iter(shared_out)
     out_leaves = [
@@ -172,7 +193,7 @@ def weighted_aggregator(
 
     new_weights = state.weights
     if state.weights is not None:
-      w_true = w_scaled * jnp.exp2(e * (p - 1.0))
+      w_true = _gram.times_pow2(w_scaled, e * (p - 1.0))
       ok = jnp.all(jnp.isfinite(w_true))
       new_weights = jnp.where(ok, w_true, state.weights).astype(
           state.weights.dtype)

@@ -72,8 +72,8 @@ def graddrop(
     return jnp.sum(jnp.where(keep, g, 0.0), axis=0).astype(x.dtype)
 
   def update_fn(grads, state, params=None, *, losses=None, **extra_args):
-    del params, losses, extra_args
-    k = _gram.num_tasks_of(grads)
+    del losses, extra_args
+    k = _gram.check_stacked(grads, params, "graddrop")
     if num_tasks is not None and k != num_tasks:
       raise ValueError(
           f"graddrop was built with num_tasks={num_tasks} but the gradients"

@@ -129,11 +129,11 @@ def cagrad(
     Multi-task Learning", NeurIPS 2021, arXiv:2110.14048.
   """
   c = _checks.real_hyperparameter("c", c, minimum=0.0)
+  rescale = _checks.bool_hyperparameter("rescale", rescale)
   if max_norm is not None:
     max_norm = _checks.real_hyperparameter("max_norm", max_norm, minimum=0.0,
                                            strict=True)
-  if not (isinstance(maxiter, int) and maxiter >= 1):
-    raise ValueError(f"maxiter must be a positive int, got {maxiter!r}.")
+  maxiter = _checks.int_hyperparameter("maxiter", maxiter, minimum=1)
 
   def weights(gram, extra, *, init, losses):
     del init, losses
@@ -248,6 +248,7 @@ def nash_mtl(
     Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya,
     "Multi-Task Learning as a Bargaining Game", ICML 2022, arXiv:2202.01017.
   """
+  maxiter = _checks.int_hyperparameter("maxiter", maxiter, minimum=1)
   tol = _checks.real_hyperparameter("tol", tol, minimum=0.0, strict=True)
   if regularization is not None:
     regularization = _checks.real_hyperparameter(

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from optax.experimental import aggregating
 
+from fairgrad_jax import _checks
 from fairgrad_jax import _gram
 from fairgrad_jax._aggregation import base
 from fairgrad_jax._weighting import mgda as mgda_weighting
@@ -60,8 +61,9 @@ def mgda(
     scale_by_num_tasks: multiply the shared update by K, as Nash-MTL's
       re-implementation does (``sol * n_tasks``); off by default.
     max_norm: clip the global norm of the shared update.
-    maxiter: Frank–Wolfe iterations at most (the authors' 250).
-    tol: L1 stopping tolerance on the weights (the authors' 1e-5).
+    maxiter: Frank–Wolfe iterations at most, >= 1 (the authors' 250).
+    tol: L1 stopping tolerance on the weights, finite and > 0 (the authors'
+      1e-5).
 
   Returns:
     An :class:`optax.experimental.aggregating.Aggregator`; ``update(grads,
@@ -87,10 +89,8 @@ def mgda(
   if normalization not in _NORMALIZATIONS:
     raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got"
                      f" {normalization!r}.")
-  if not (isinstance(maxiter, int) and maxiter >= 0):
-    raise ValueError(f"maxiter must be an int >= 0, got {maxiter!r}.")
-  if not tol > 0:
-    raise ValueError(f"tol must be > 0, got {tol!r}.")
+  maxiter = _checks.int_hyperparameter("maxiter", maxiter, minimum=1)
+  tol = _checks.real_hyperparameter("tol", tol, minimum=0.0, strict=True)
 
   def init(num_tasks):
     del num_tasks

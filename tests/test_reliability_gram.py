@@ -1,0 +1,107 @@
+"""Gram-path reliability at the ends of the float range (issue 12, item 4).
+
+Every Gram method divides the gradients by σ = 2^e, the power of two nearest
+their largest entry, solves on the O(1) problem and scales back. In float32
+σ runs from 2^-149 to 2^128, beyond the range of one float32 factor; these
+tests pin that the scaling is exact and never flushes to zero or overflows.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fairgrad_jax
+from fairgrad_jax import _gram
+
+# name -> (factory, degree p of the update: d(σG) = σ^p d(G))
+GRAM_METHODS = {
+    "fairgrad_1": (lambda: fairgrad_jax.fairgrad(1.0), 0.0),
+    "fairgrad_2": (lambda: fairgrad_jax.fairgrad(2.0), -1.0 / 3.0),
+    "mgda": (lambda: fairgrad_jax.mgda(), 1.0),
+    "mgda_l2": (lambda: fairgrad_jax.mgda("l2"), 1.0),
+    "cagrad": (lambda: fairgrad_jax.cagrad(), 1.0),
+    "imtl_g": (lambda: fairgrad_jax.imtl_g(), 1.0),
+    "pcgrad": (lambda: fairgrad_jax.pcgrad(), 1.0),
+    "nash_mtl": (lambda: fairgrad_jax.nash_mtl(max_norm=None), 0.0),
+    "linear_scalarization": (lambda: fairgrad_jax.linear_scalarization(), 1.0),
+}
+
+# Two conflicting tasks with largest entry exactly 1.
+G0 = np.array([[1.0, 0.25, -0.5], [-0.5, 0.75, 0.125]], np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _update(name):
+  agg = GRAM_METHODS[name][0]()
+  return agg, jax.jit(agg.update)
+
+
+def _run(name, g):
+  agg, update = _update(name)
+  return np.asarray(update({"w": jnp.asarray(g)}, agg.init(None))[0]["w"])
+
+
+@pytest.mark.parametrize("scale", [6e37, 2.0 ** 126, 1e38, 3e38])
+@pytest.mark.parametrize("name", sorted(GRAM_METHODS))
+def test_top_of_float32_gives_the_scaled_update(name, scale):
+  # Before: σ = 2^126..2^128 made the factor 2^-e flush to zero in float32,
+  # so every Gram method returned an exact zero update (LS did not).
+  degree = GRAM_METHODS[name][1]
+  expected = _run(name, G0).astype(np.float64) * float(scale) ** degree
+  got = _run(name, (G0.astype(np.float64) * scale).astype(np.float32))
+  # An entry beyond float32's range overflows (PCGrad and LS sum two
+  # gradients near 3e38); every other entry is the scaled update.
+  overflow = np.abs(expected) > np.finfo(np.float32).max
+  assert np.all(np.isinf(got[overflow])), got
+  assert np.all(np.isfinite(got[~overflow])), got
+  assert np.any(got != 0), got
+  np.testing.assert_allclose(got[~overflow], expected[~overflow], rtol=2e-3,
+                             atol=1e-6 * np.max(np.abs(expected)))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 2.0 ** -120])
+@pytest.mark.parametrize("name", ["mgda", "imtl_g", "fairgrad_2"])
+def test_bottom_of_float32_gives_the_scaled_update(name, scale):
+  degree = GRAM_METHODS[name][1]
+  expected = _run(name, G0).astype(np.float64) * float(scale) ** degree
+  got = _run(name, (G0.astype(np.float64) * scale).astype(np.float32))
+  np.testing.assert_allclose(got, expected, rtol=2e-3,
+                             atol=1e-6 * np.max(np.abs(expected)))
+
+
+def test_max_norm_clips_an_update_near_the_top_of_float32():
+  # ‖d‖² overflows float32 for d near 1e38: the clip must not give 0.
+  agg = fairgrad_jax.mgda(max_norm=1.0)
+  g = jnp.asarray(G0 * np.float32(3e38))
+  d = np.asarray(jax.jit(agg.update)({"w": g}, agg.init(None))[0]["w"])
+  np.testing.assert_allclose(np.linalg.norm(d.astype(np.float64)), 1.0,
+                             rtol=1e-5)
+  direction = _run("mgda", G0).astype(np.float64)
+  np.testing.assert_allclose(d, direction / np.linalg.norm(direction),
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_times_pow2_is_exact_over_the_normal_float32_range():
+  # XLA's exp2 is off by an ulp for most integer exponents beyond ±12, and
+  # 2^-126 and below flush to zero.
+  n = np.arange(-126, 128)
+  expected = np.ldexp(np.float32(1.0), n).astype(np.float32)
+  got = jax.jit(_gram.times_pow2)(jnp.ones(n.shape, jnp.float32),
+                                  jnp.asarray(n, jnp.float32))
+  np.testing.assert_array_equal(np.asarray(got), expected)
+  # Scaling a huge value down by 2^128 (beyond one float32 factor).
+  got = _gram.times_pow2(jnp.float32(3e38), -128.0)
+  assert float(got) == float(np.float32(3e38)) / 2.0 ** 128
+
+
+@pytest.mark.parametrize("k", [21, 40, 60])
+def test_gram_matrix_scales_exactly_by_powers_of_two(k):
+  # GᵀG of 2^k G is 4^k GᵀG to the last bit: the scaling is exact.
+  g = {"w": jnp.asarray(G0)}
+  big = {"w": jnp.asarray(G0 * np.float32(2.0 ** k))}
+  base = np.asarray(fairgrad_jax.gram_matrix(g), np.float64)
+  got = np.asarray(fairgrad_jax.gram_matrix(big), np.float64)
+  np.testing.assert_array_equal(got, base * 4.0 ** k)
