@@ -14,10 +14,15 @@ update is Σ_i λ_i g_i with λ_i = (1/K + √φ w_i/‖g_w‖) / (1 + c²).
 import jax
 import jax.numpy as jnp
 
+from fairgrad_jax import _checks
 from fairgrad_jax._weighting import _common
 
 # Relative smoothing of ‖g_w‖ (the authors' code adds 1e-8 in absolute terms).
 _EPS = 1e-8
+# ‖g_w‖ / max_i ‖g_i‖ below which g_w/‖g_w‖ is 0/0 (a Pareto-stationary
+# point): λ = 0 (TorchJD's ``norm_eps``). Ten times the floor √_EPS that the
+# smoothing puts on the dual solve's resolution of ‖g_w‖.
+_NORM_EPS = 1e-3
 
 
 def project_simplex(v: jax.Array) -> jax.Array:
@@ -42,11 +47,21 @@ def cagrad_weights(gram: jax.Array, c: float = 0.4, *, rescale: bool = True,
 
   Args:
     gram: (K, K) Gram matrix GᵀG.
-    c: the radius c >= 0 of the ball, relative to ‖g0‖ (0: the mean
-      gradient).
+    c: the radius c >= 0 of the ball, relative to ‖g0‖, finite (0: the
+      mean gradient).
     rescale: divide the update by 1 + c², as the authors' code does by
       default.
-    maxiter: projected-gradient iterations.
+    maxiter: projected-gradient iterations (>= 1).
+
+  Pareto-stationary points, c >= 1: the ball then contains d = 0, so
+  CAGrad's update never needs to conflict with a task (min_i g_iᵀd >= 0 at
+  the optimum). At a (numerically) Pareto-stationary point the dual's g_w
+  vanishes and d = g0 + √φ g_w/‖g_w‖ is 0/0; the weights are then 0
+  (d = 0), as TorchJD returns below its relative ``norm_eps``: when
+  ‖g_w‖ <= 1e-3 max_i ‖g_i‖, when d is 0 up to the round-off of its
+  cancelling terms, or when d conflicts with a task beyond the Gram
+  matrix's round-off. For c < 1, d = 0 is outside the ball and the update
+  is the authors' formula as it is.
 
   Returns:
     (K,) weights λ.
@@ -62,8 +77,9 @@ def cagrad_weights(gram: jax.Array, c: float = 0.4, *, rescale: bool = True,
     Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for
     Multi-task Learning", NeurIPS 2021, arXiv:2110.14048 (Algorithm 1).
   """
-  if not c >= 0:
-    raise ValueError(f"c must be >= 0, got {c!r}.")
+  c = _checks.real_hyperparameter("c", c, minimum=0.0)
+  rescale = _checks.bool_hyperparameter("rescale", rescale)
+  maxiter = _checks.int_hyperparameter("maxiter", maxiter, minimum=1)
   gram = _common.as_gram(gram)
   dtype = gram.dtype
   k = gram.shape[0]
@@ -108,8 +124,15 @@ def cagrad_weights(gram: jax.Array, c: float = 0.4, *, rescale: bool = True,
     return jnp.where(ok, new, w), jnp.clip(step * 2, 1e-12, 1e6)
 
   w, _ = jax.lax.fori_loop(0, maxiter, body, (b, jnp.asarray(1.0, dtype)))
-  gw_norm = jnp.sqrt(jnp.maximum(w @ a @ w, 0.0) + _EPS)
-  lam = b + radius / gw_norm * w
+  gw_sq = jnp.maximum(w @ a @ w, 0.0)
+  lam = b + radius / jnp.sqrt(gw_sq + _EPS) * w
   if rescale:
     lam = lam / (1.0 + c ** 2)
-  return lam
+  # g_w = 0 at the dual optimum: a (numerically) Pareto-stationary point,
+  # where d = g0 + √φ g_w/‖g_w‖ is 0/0 and cancels to noise: d = 0 (as
+  # TorchJD). With c >= 1, d = 0 lies in the ball, so the optimum has
+  # min_i g_iᵀd >= 0; a d that conflicts beyond round-off is replaced by 0.
+  stationary = (gw_sq <= _NORM_EPS ** 2) | _common.numerically_zero(a, lam)
+  safe = _common.zero_if_conflicting(
+      a, jnp.where(stationary, jnp.zeros_like(lam), lam))
+  return jnp.where(c >= 1.0, safe, lam)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from fairgrad_jax._weighting import _common
+from fairgrad_jax._weighting import mgda as mgda_weighting
 
 
 def imtl_g_weights(gram: jax.Array) -> jax.Array:
@@ -20,9 +21,19 @@ def imtl_g_weights(gram: jax.Array) -> jax.Array:
   Args:
     gram: (K, K) Gram matrix GᵀG.
 
+  At a Pareto-stationary point (Σ_i w_i g_i = 0 for some w >= 0, w ≠ 0) the
+  common projection c = dᵀu_i must be 0, hence d = 0; there the
+  least-squares α of the pseudo-inverse conflicts with some task. So where
+  the gradients are Pareto-stationary up to round-off (MGDA's min-norm
+  element is 0 at the Gram matrix's precision), an α whose d conflicts
+  with a task beyond round-off (relative to the gradients' norms) is
+  replaced by 0. Elsewhere α is IMTL-G's as defined, even where it
+  conflicts (no equal-projection d exists, or the common projection is
+  negative). The pseudo-inverse is computed by SVD.
+
   Returns:
-    (K,) weights summing to 1 (all zero when 1ᵀ(GᵀG)⁺n vanishes, e.g. when
-    every gradient is zero).
+    (K,) weights summing to 1; all zero when 1ᵀ(GᵀG)⁺n vanishes (e.g. every
+    gradient is zero) or at a (numerically) Pareto-stationary point.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -42,7 +53,17 @@ def imtl_g_weights(gram: jax.Array) -> jax.Array:
   scale = jnp.where(scale > 0, scale, 1.0)
   a = gram / scale
   norms = jnp.sqrt(jnp.maximum(jnp.diagonal(a), 0.0))
-  v = jnp.linalg.pinv(a, hermitian=True) @ norms
+  # The pseudo-inverse by SVD: on a rank-deficient Gram matrix the
+  # eigendecomposition's (hermitian=True) tiny eigenvalues come out with
+  # either sign and a larger error, which the cut-off then treats unevenly.
+  v = jnp.linalg.pinv(a) @ norms
   total = jnp.sum(v)
   ok = jnp.abs(total) > 1e-6 * jnp.sum(jnp.abs(v))
-  return jnp.where(ok, v / jnp.where(ok, total, 1.0), 0.0)
+  alpha = jnp.where(ok, v / jnp.where(ok, total, 1.0), 0.0)
+  # At a Pareto-stationary point the equal projections are 0 and so is d;
+  # the least-squares α there conflicts with some task: d = 0 instead.
+  # Stationary: MGDA's min-norm element is 0 up to round-off (elsewhere a
+  # conflicting α is IMTL-G's own answer, e.g. c < 0, and is kept).
+  w = mgda_weighting.mgda_solve(a).weights
+  stationary = _common.numerically_zero(a, w) | jnp.all(w == 0)
+  return jnp.where(stationary, _common.zero_if_conflicting(a, alpha), alpha)

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fairgrad_jax import _checks
 from fairgrad_jax._weighting import _common
 
 
@@ -21,7 +22,9 @@ class MGDASolution(NamedTuple):
   """The weights and the solver's diagnostics.
 
   Attributes:
-    weights: (K,) weights on the simplex (non-negative, summing to 1).
+    weights: (K,) weights on the simplex (non-negative, summing to 1), or
+      all zero at a Pareto-stationary point where the solve's d would
+      conflict with a task beyond round-off (d = 0 there).
     num_iterations: Frank–Wolfe iterations taken (int32; 0 for K <= 2).
     squared_norm: ‖Σ_i w_i g_i‖² = wᵀ(GᵀG)w, in the units of ``gram``.
   """
@@ -63,8 +66,14 @@ def mgda_solve(gram: jax.Array, *, maxiter: int = 250, tol: float = 1e-5
 
   Args:
     gram: (K, K) Gram matrix GᵀG of the task gradients (symmetric PSD).
-    maxiter: Frank–Wolfe iterations, at most.
-    tol: stop once ‖w_{t+1} − w_t‖₁ < tol.
+    maxiter: Frank–Wolfe iterations, at most (>= 1).
+    tol: stop once ‖w_{t+1} − w_t‖₁ < tol (finite, > 0).
+
+  At a (numerically) Pareto-stationary point the min-norm element is 0
+  and every task's g_iᵀd is 0 up to round-off; when the computed d
+  conflicts with a task by more than the Gram matrix's round-off (relative
+  to the gradients' norms), the weights returned are all zero (d = 0), as
+  TorchJD returns below its relative ``norm_eps``.
 
   Returns:
     An :class:`MGDASolution`.
@@ -80,10 +89,8 @@ def mgda_solve(gram: jax.Array, *, maxiter: int = 250, tol: float = 1e-5
     Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization",
     NeurIPS 2018, arXiv:1810.04650 (Algorithms 1–2).
   """
-  if not (isinstance(maxiter, int) and maxiter >= 0):
-    raise ValueError(f"maxiter must be an int >= 0, got {maxiter!r}.")
-  if not tol > 0:
-    raise ValueError(f"tol must be > 0, got {tol!r}.")
+  maxiter = _checks.int_hyperparameter("maxiter", maxiter, minimum=1)
+  tol = _checks.real_hyperparameter("tol", tol, minimum=0.0, strict=True)
   gram = _common.as_gram(gram)
   dtype = gram.dtype
   k = gram.shape[0]
@@ -104,6 +111,7 @@ def mgda_solve(gram: jax.Array, *, maxiter: int = 250, tol: float = 1e-5
   i, j = flat // k, flat % k
   w0 = jnp.zeros((k,), dtype).at[i].set(gamma[i, j]).at[j].add(1 - gamma[i, j])
   if k == 2:
+    w0 = _common.zero_if_conflicting(a, w0)
     return MGDASolution(w0, zero_it, w0 @ gram @ w0)
 
   def cond(carry):
@@ -120,6 +128,9 @@ def mgda_solve(gram: jax.Array, *, maxiter: int = 250, tol: float = 1e-5
 
   w, it, _ = jax.lax.while_loop(cond, body,
                                 (w0, zero_it, jnp.asarray(jnp.inf, dtype)))
+  # At the optimum g_iᵀd >= ‖d‖² >= 0; a d that conflicts beyond round-off
+  # only comes from a (numerically) Pareto-stationary point: d = 0 there.
+  w = _common.zero_if_conflicting(a, w)
   return MGDASolution(w, it, w @ gram @ w)
 
 

@@ -1,0 +1,148 @@
+"""Pareto-stationary inputs (issue 12, item 10), in the style of TorchJD's suite.
+
+At a Pareto-stationary point some convex combination of the task gradients
+vanishes; methods that promise a non-conflicting update (MGDA, CAGrad with
+c >= 1, IMTL-G, whose equal projections must then be 0) must return 0 or an
+update with g_iᵀd >= 0 up to round-off. Before, CAGrad (c >= 1) returned
+‖d‖ up to 0.35‖g‖ with cosines down to -1 (its dual direction is 0/0 there)
+and IMTL-G updates several times larger than the gradients, conflicting.
+Inputs: Jacobians of controlled rank, strongly stationary (w > 0 with
+wᵀG = 0), weakly stationary (w >= 0, some w_i = 0), more tasks than
+dimensions, and zero matrices; non-stationary ones check that the rule
+does not fire where it should not.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fairgrad_jax as fj
+
+METHODS = {
+    "mgda": lambda: fj.mgda(),
+    "cagrad_1": lambda: fj.cagrad(1.0),
+    "cagrad_2": lambda: fj.cagrad(2.0),
+    "cagrad_10": lambda: fj.cagrad(10.0),
+    "imtl_g": lambda: fj.imtl_g(),
+}
+NAMES = sorted(METHODS)
+# (K, P, rank) of the stationary Jacobians (TorchJD's 20×10 and 20×100
+# shapes, ranks 1 to K-1, and small ones).
+SHAPES = [(20, 10, 1), (20, 10, 5), (20, 10, 9), (20, 100, 1), (20, 100, 10),
+          (20, 100, 19), (5, 3, 2), (2, 3, 1)]
+# Non-conflict up to round-off, relative to the gradients' scale (TorchJD's
+# atol on O(1) matrices).
+TOL = 1e-4
+
+
+@functools.lru_cache(maxsize=None)
+def _update(name):
+  agg = METHODS[name]()
+  return agg, jax.jit(agg.update)
+
+
+def _run(name, g):
+  agg, update = _update(name)
+  d = update({"w": jnp.asarray(g, jnp.float32)}, agg.init(None))[0]["w"]
+  return np.asarray(d, np.float64)
+
+
+def _stationary(k, p, rank, weak, seed):
+  """A (K, P) float32 Jacobian of rank <= ``rank`` with wᵀG = 0, w >= 0."""
+  rng = np.random.default_rng(seed)
+  w = rng.uniform(0.2, 1.0, k)
+  if weak:
+    w[: k // 3] = 0.0  # those tasks take no part in the combination
+  g = rng.normal(size=(k, rank)) @ rng.normal(size=(rank, p))
+  g -= np.outer(w, w @ g) / (w @ w)
+  g *= rng.uniform(0.5, 2.0, (k, 1))  # task scales (w rescaled alike)
+  return g.astype(np.float32)
+
+
+def _assert_non_conflicting(g, d):
+  g = np.asarray(g, np.float64)
+  norms = np.linalg.norm(g, axis=1)
+  products = g @ d
+  assert np.all(products >= -TOL * norms.max() ** 2), (
+      np.min(products) / norms.max() ** 2)
+
+
+@pytest.mark.parametrize("weak", [False, True], ids=["strong", "weak"])
+@pytest.mark.parametrize("k, p, rank", SHAPES)
+@pytest.mark.parametrize("name", NAMES)
+def test_stationary_update_is_zero_or_non_conflicting(name, k, p, rank, weak):
+  g = _stationary(k, p, rank, weak, seed=k * 1000 + p * 10 + rank)
+  d = _run(name, g)
+  assert np.all(np.isfinite(d))
+  _assert_non_conflicting(g, d)
+  # 0 up to round-off: the update of a stationary point is no step.
+  assert np.linalg.norm(d) <= 1e-3 * np.linalg.norm(g, axis=1).max()
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("k, p", [(20, 100), (5, 3), (3, 10)])
+@pytest.mark.parametrize("name", NAMES)
+def test_non_stationary_update_is_kept(name, k, p, seed):
+  # Gradients in one open half-space (all have a positive component along
+  # a common direction): not stationary, so the methods' own non-zero,
+  # non-conflicting updates come back.
+  rng = np.random.default_rng(seed)
+  g = rng.normal(size=(k, p))
+  g[:, 0] = np.abs(g[:, 0]) + 1.0
+  g = g.astype(np.float32)
+  d = _run(name, g)
+  _assert_non_conflicting(g, d)
+  assert np.linalg.norm(d) > 1e-2 * np.linalg.norm(g, axis=1).max()
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (2, 5), (20, 10), (5, 1)])
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_matrix_gives_zero(name, shape):
+  d = _run(name, np.zeros(shape, np.float32))
+  np.testing.assert_array_equal(d, 0.0)
+
+
+def _rank_deficient(seed):
+  """6 tasks in a rank-3 subspace, one open half-space: IMTL-G's pinv."""
+  rng = np.random.default_rng(seed)
+  basis = rng.normal(size=(3, 12))
+  coef = rng.normal(size=(6, 3))
+  coef[:, 0] = np.abs(coef[:, 0]) + 2.0
+  return (coef @ basis).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_imtl_g_permutation_invariant_on_rank_deficient_gram(seed):
+  g = _rank_deficient(seed)
+  gram = jnp.asarray(g) @ jnp.asarray(g).T
+  weights = jax.jit(fj.imtl_g_weights)
+  d = np.asarray(weights(gram), np.float64) @ g
+  rng = np.random.default_rng(100 + seed)
+  for _ in range(4):
+    perm = rng.permutation(6)
+    d_p = np.asarray(weights(gram[perm][:, perm]), np.float64) @ g[perm]
+    np.testing.assert_allclose(d_p, d, rtol=1e-4,
+                               atol=1e-4 * np.abs(d).max())
+
+
+def test_imtl_g_keeps_its_answer_when_not_stationary_even_if_conflicting():
+  # Three independent gradients whose equal-projection d has a negative
+  # common projection (IMTL-G's own answer, not a stationary point).
+  rng = np.random.default_rng(1)
+  found = 0
+  for _ in range(1000):
+    g = rng.normal(size=(3, 3))
+    gram = g @ g.T
+    if np.linalg.cond(gram) > 300:  # well-conditioned cases only
+      continue
+    n = np.sqrt(np.diag(gram))
+    v = np.linalg.solve(gram, n)
+    if v.sum() < 0:  # c = 1/Σv < 0
+      found += 1
+      gf = g.astype(np.float32)
+      w = np.asarray(fj.imtl_g_weights(jnp.asarray(gf) @ jnp.asarray(gf).T))
+      np.testing.assert_allclose(w, v / v.sum(), rtol=1e-3, atol=1e-5)
+  assert found >= 1
