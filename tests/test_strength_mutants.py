@@ -53,3 +53,11 @@ def test_mgda_weights_passes_the_solver_options():
   # ... and the options matter on this input.
   assert not np.allclose(fairgrad_jax.mgda_weights(gram, maxiter=1),
                          fairgrad_jax.mgda_weights(gram), atol=1e-4)
+
+
+def test_imtl_g_all_zero_gradients_give_zero_weights():
+  """The documented "all zero when 1ᵀ(GᵀG)⁺n vanishes" (every g_i = 0).
+
+  Kills x_imtl_g_weights__mutmut_52 (weight 1 instead of 0 there).
+  """
+  np.testing.assert_array_equal(imtl_g_weights(jnp.zeros((3, 3))), 0.0)
