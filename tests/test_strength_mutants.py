@@ -61,3 +61,18 @@ def test_imtl_g_all_zero_gradients_give_zero_weights():
   Kills x_imtl_g_weights__mutmut_52 (weight 1 instead of 0 there).
   """
   np.testing.assert_array_equal(imtl_g_weights(jnp.zeros((3, 3))), 0.0)
+
+
+def test_pcgrad_weights_keep_the_gram_dtype_under_x64():
+  """float32 in, float32 out, even with x64 on (float64 in, float64 out).
+
+  Kills x_pcgrad_weights__mutmut_3 (``jnp.eye(k, dtype=None)``: float64
+  weights for a float32 Gram matrix under x64). __mutmut_5 (``k =
+  gram.shape[1]``) is equivalent: the Gram matrix is checked square.
+  """
+  g = _grads()
+  key = jax.random.PRNGKey(0)
+  with jax.enable_x64(True):
+    for dtype in (jnp.float32, jnp.float64):
+      w = fairgrad_jax.pcgrad_weights(jnp.asarray(g @ g.T, dtype), key)
+      assert w.dtype == dtype, (w.dtype, dtype)
