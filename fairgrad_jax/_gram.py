@@ -342,13 +342,20 @@ def scaled_gram(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
     # One pass over the gradients: the product and the largest entry
     # together. Products of entries below 2^40 cannot overflow, so in that
     # case (nearly always) the product of the gradients as they are is
-    # used and its K×K result scaled by 4^-e (exact); otherwise the
-    # product is redone on the scaled gradients.
+    # used and its K×K result scaled by 4^-e (exact); otherwise the same
+    # product is redone on the scaled gradients (same summation order: the
+    # Gram matrix of 2^n G is exactly 4^n that of G).
     plain, max_abs = product_and_max(leaves, leaves, dtype)
     log2_sigma = _log2_of(max_abs)
     in_range = jnp.abs(log2_sigma) <= _DIRECT_RANGE  # e = 0 for zero or inf
+
+    def scaled_chunked(e):
+      rescaled = [times_pow2(x.astype(dtype), -e) for x in leaves]
+      return product_and_max(rescaled, rescaled, dtype)[0]
+
     gram = jax.lax.cond(
-        in_range, lambda e: times_pow2(plain, -2 * e), scaled, log2_sigma)
+        in_range, lambda e: times_pow2(plain, -2 * e), scaled_chunked,
+        log2_sigma)
     return gram, log2_sigma
 
   log2_sigma = log2_scale(leaves, dtype)
@@ -407,7 +414,20 @@ def weighted_sum(weights: jax.Array, x: jax.Array, *, log2_in=None,
   y = x.astype(dtype)
   if log2_in is not None:
     y = times_pow2(y, log2_in)
-  out = jnp.tensordot(weights.astype(dtype), y, axes=1, precision=_HIGHEST)
+  weights = weights.astype(dtype)
+  out = jnp.tensordot(weights, y, axes=1, precision=_HIGHEST)
+
+  def rescued(_):
+    # Partial sums of entries near the top of the range overflow even when
+    # the sum does not: redo it on y / 2^s, s from each coordinate's largest
+    # entry over the tasks (only in that rare case; non-finite input stays
+    # non-finite).
+    s = _log2_of(jnp.max(jnp.abs(y), axis=0))
+    return times_pow2(jnp.tensordot(weights, times_pow2(y, -s), axes=1,
+                                    precision=_HIGHEST), s)
+
+  out = jax.lax.cond(jnp.all(jnp.isfinite(out)), lambda _: out, rescued,
+                     None)
   if log2_out is not None:
     out = times_pow2(out, log2_out)
   if factor is not None:

@@ -105,3 +105,17 @@ def test_gram_matrix_scales_exactly_by_powers_of_two(k):
   base = np.asarray(fairgrad_jax.gram_matrix(g), np.float64)
   got = np.asarray(fairgrad_jax.gram_matrix(big), np.float64)
   np.testing.assert_array_equal(got, base * 4.0 ** k)
+
+
+@pytest.mark.parametrize("name", ["linear_scalarization", "pcgrad", "mgda"])
+def test_partial_sums_near_the_top_do_not_overflow(name):
+  # 3e38 + 3e38 overflows a float32 partial sum although the sum over the
+  # three tasks, 3e38, is finite (before: inf, or NaN from inf - inf).
+  g = np.array([[3e38, 1.0], [3e38, 1.0], [-3e38, 1.0]], np.float32)
+  agg = {"linear_scalarization": fairgrad_jax.linear_scalarization,
+         "pcgrad": fairgrad_jax.pcgrad, "mgda": fairgrad_jax.mgda}[name]()
+  d = np.asarray(jax.jit(agg.update)({"w": jnp.asarray(g)},
+                                     agg.init(None))[0]["w"])
+  assert np.all(np.isfinite(d)), d
+  if name == "linear_scalarization":
+    np.testing.assert_allclose(d, [3e38, 3.0], rtol=1e-6)

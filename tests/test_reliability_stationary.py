@@ -1,4 +1,4 @@
-"""Pareto-stationary inputs (issue 12, item 10), in the style of TorchJD's suite.
+"""Pareto-stationary inputs (issue 12, item 10), in TorchJD's suite's style.
 
 At a Pareto-stationary point some convex combination of the task gradients
 vanishes; methods that promise a non-conflicting update (MGDA, CAGrad with
