@@ -321,11 +321,11 @@ def _solve(x0, prob, active, maxiter, tol):
     return jnp.max(jnp.where(active, jnp.abs(rel), 0.0))
 
   def cond(carry):
-    _, it, err, _, _, since, stalled = carry
+    _, it, err, _, _, since, stalled, _ = carry
     return (it < maxiter) & (err > tol) & ~stalled & (since < _PATIENCE)
 
   def body(carry):
-    x, it, _, best_x, best_err, since, _ = carry
+    x, it, _, best_x, best_err, since, _, last = carry
     tm = _terms(x, prob)
 
     def search(step, slope):
@@ -359,7 +359,13 @@ def _solve(x0, prob, active, maxiter, tol):
     # about tol² of it, however large the residual's round-off (a task
     # whose (GᵀG w)_i cancels has a residual that float weights cannot
     # bring below eps times the cancellation factor). Done.
-    settled = finite & (t == 1.0) & (moved <= tol)
+    # Two full steps in a row contracting by θ = moved / last leave about
+    # θ · moved to go (Deuflhard's estimate; θ ≈ C · last in Newton's
+    # quadratic phase): once that is below tol, so is the error. (last = 0:
+    # the previous step was not a full one, and θ counts as 1.)
+    full = finite & (t == 1.0)
+    remaining = moved * jnp.minimum(1.0, moved / last)
+    settled = full & (remaining <= tol)
     err = worst(_terms(x_new, prob).rel)
     # In Newton's quadratic phase a full step cuts the residual many-fold;
     # one that does not halve it is at the round-off floor.
@@ -370,13 +376,14 @@ def _solve(x0, prob, active, maxiter, tol):
             jnp.where((err < best_err) | settled, x_new, best_x),
             jnp.where(settled, 0.0, jnp.minimum(err, best_err)),
             jnp.where(better | (t < 1.0) | (moved > _LOCAL), 0, since + 1),
-            stalled)
+            stalled, jnp.where(full, moved, 0.0))
 
   x0 = _rescale(x0, prob, active)
   err0 = worst(_terms(x0, prob).rel)
   carry = (x0, jnp.zeros((), jnp.int32), err0, x0, err0,
-           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.bool_))
-  _, it, _, best_x, _, _, _ = jax.lax.while_loop(cond, body, carry)
+           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.bool_),
+           jnp.zeros((), dtype))  # last full step: none yet
+  _, it, _, best_x, _, _, _, _ = jax.lax.while_loop(cond, body, carry)
   return best_x, it
 
 
@@ -557,7 +564,7 @@ def fairgrad_solve(
     maxiter: maximum Newton iterations. Cold starts take a median of 3–9
       per (K, α) on issue 11's hard set (up to 23 with conflicting tasks,
       norms over seven decades and α = 10); warm starts on a slowly
-      drifting problem 1–2 (2–4 with strongly conflicting tasks). Up to two
+      drifting problem 1–2 (2–3 with strongly conflicting tasks). Up to two
       polishing Newton steps follow, not counted.
     tol: stop once every task's relative residual
       |(GᵀG w)_i - w_i^(-1/α)| / w_i^(-1/α) is at most ``tol``, or a full
