@@ -31,9 +31,11 @@ s_left, s_origin, s_99, s_low, s_9m1 = (starts.index(s) for s in
 x, l, gap = end[0.0]
 for s in (s_left, s_origin, s_low):
   assert -5.8 < x[s, 0] < -5.6 and 0.07 < gap[s] < 0.11, (s, x[s], gap[s])
-# α = 0: (9, 9) stalls far above the front, at l ≈ (0.54, 2.89).
+# α = 0: (9, 9) stalls far above the front, l1 ≈ 0.5, l2 between 2 and 3.
+# (Where exactly is not a property of LS: a last-bit change in the sum's
+# rounding, from how XLA fuses it, moved it from (0.54, 2.89) to (0.52, 2.08).)
 assert not on_front(0.0)[s_99] and l[s_99, 1] > 0, l[s_99]
-np.testing.assert_allclose(l[s_99], [0.54, 2.89], atol=0.01)
+assert abs(l[s_99, 0] - 0.5) < 0.05 and 2.0 < l[s_99, 1] < 3.0, l[s_99]
 # α = 1 and 2 reach the front from every start, α = 10 from most.
 for a in (1.0, 2.0):
   assert on_front(a).all(), (a, end[a])
