@@ -304,14 +304,13 @@ def _problem(gram, alpha, regularization, active):
 def _solve(x0, prob, active, maxiter, tol):
   """Damped Newton on f; returns (x, iterations).
 
-  Stops once every task's relative residual is at most ``tol`` or a full
-  Newton step moved no log-weight by more than ``tol``, when no step
-  length decreases f, at ``maxiter``, or when the largest relative residual
-  has not improved for ``_PATIENCE`` full Newton steps: the residual is
-  then at the
-  round-off floor of its float evaluation (conflicting gradients cancel in
-  GᵀG w), and the iterate with the smallest residual is returned for the
-  exact polishing in :func:`_polish`.
+  Stops once every task's relative residual is at most ``tol`` or the
+  estimated remaining error of the log-weights is (see the body), when no
+  step length decreases f, at ``maxiter``, or when the largest relative
+  residual has not improved for ``_PATIENCE`` full Newton steps: the
+  residual is then at the round-off floor of its float evaluation
+  (conflicting gradients cancel in GᵀG w), and the iterate with the smallest
+  residual is returned for the exact polishing in :func:`_polish`.
   """
   dtype = x0.dtype
   ts = 0.5 ** jnp.arange(_NUM_STEPS, dtype=dtype)
@@ -354,15 +353,14 @@ def _solve(x0, prob, active, maxiter, tol):
     # any weight by more than a fraction of tol (Newton's step is then the
     # distance to the root).
     stalled = ~jnp.any(ok) | ~finite | (moved <= step_tol)
-    # A full Newton step that moves no log-weight by more than tol was the
-    # distance to the root (to first order): every weight is now within
-    # about tol² of it, however large the residual's round-off (a task
-    # whose (GᵀG w)_i cancels has a residual that float weights cannot
-    # bring below eps times the cancellation factor). Done.
-    # Two full steps in a row contracting by θ = moved / last leave about
-    # θ · moved to go (Deuflhard's estimate; θ ≈ C · last in Newton's
-    # quadratic phase): once that is below tol, so is the error. (last = 0:
-    # the previous step was not a full one, and θ counts as 1.)
+    # Done once the weights' remaining error is below tol, whatever the
+    # residual's round-off (a task whose (GᵀG w)_i cancels has a residual
+    # that float weights cannot bring below eps times the cancellation
+    # factor). Two full steps in a row contracting by θ = moved / last leave
+    # about θ · moved to go (Deuflhard's estimate; θ ≈ C · last in Newton's
+    # quadratic phase). last = 0: the previous step was not a full one, θ
+    # counts as 1 (a full step below tol is itself the distance to the root,
+    # to first order).
     full = finite & (t == 1.0)
     remaining = moved * jnp.minimum(1.0, moved / last)
     settled = full & (remaining <= tol)
