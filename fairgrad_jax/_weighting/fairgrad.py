@@ -69,6 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fairgrad_jax import _checks
 from fairgrad_jax import _jaxopt
 from fairgrad_jax._weighting import _common
 
@@ -654,15 +655,13 @@ def is_traced(x) -> bool:
 
 
 def check_tol_and_regularization(tol, regularization):
-  """Raises ``ValueError`` for a concrete ``tol`` <= 0 or not finite, or a
-  ``regularization`` < 0 or not finite (traced values are not checked)."""
-  if not is_traced(tol) and not (0 < float(tol) < float("inf")):
-    raise ValueError(f"tol must be a finite number > 0, got {tol!r}.")
-  if (regularization is not None and not is_traced(regularization)
-      and not 0 <= float(regularization) < float("inf")):
-    raise ValueError(
-        f"regularization must be a finite number >= 0 or None, got"
-        f" {regularization!r}.")
+  """Raises for a concrete ``tol`` not finite and > 0, or a
+  ``regularization`` not None and not finite and >= 0 (traced values are
+  not checked): the package's one rule, :func:`_checks.real_hyperparameter`."""
+  _checks.real_hyperparameter("tol", tol, minimum=0.0, strict=True)
+  if regularization is not None:
+    _checks.real_hyperparameter("regularization", regularization,
+                                minimum=0.0)
 
 
 def _active(gram):
