@@ -18,6 +18,9 @@ import os
 import numpy as np
 import optax
 
+from benchmarks import _cli
+from benchmarks import _methods
+from benchmarks import _report
 from benchmarks import _training
 from fairgrad_jax import datasets
 from fairgrad_jax import models
@@ -93,7 +96,7 @@ def plot(path, problem, results, summaries, steps_per_point, quick=False):
   curves.set_ylabel("training loss, sum over tasks (mean over seeds)")
   curves.set_title("Training loss (STL: sum of the single-task models)")
   curves.legend(fontsize=7, ncol=2)
-  _training.plain_log_ticks(curves.yaxis)
+  _report.plain_log_ticks(curves.yaxis)
   fig.suptitle(f"{problem.name} (two overlaid 8×8 digits, a LeNet with two"
                f" heads): {len(results[names[0]].metrics)} seeds,"
                f" {int(steps[-1])} Adam steps each"
@@ -112,13 +115,13 @@ EXPLANATION = (
 
 
 def main(argv=None):
-  parser = _training.argument_parser(__doc__,
-                                     os.path.join("results", "multidigits"))
-  args = _training.parse_args(parser, argv)
-  methods, missing = _training.chosen_methods(parser, args)
+  parser = _cli.argument_parser(__doc__,
+                                os.path.join("results", "multidigits"))
+  args = _cli.parse_args(parser, argv)
+  methods, missing = _cli.chosen_methods(parser, args)
   quick = args.quick
   if quick:
-    print(_training.QUICK_NOTICE)
+    print(_cli.QUICK_NOTICE)
   steps = args.steps or (QUICK_STEPS if quick else STEPS)
   chunk = QUICK_CHUNK if quick else CHUNK
   steps = max(chunk, steps - steps % chunk)
@@ -130,11 +133,11 @@ def main(argv=None):
       problem, methods, seeds=seeds, steps=steps, chunk=chunk,
       timing_rounds=2 if quick else TIMING_ROUNDS,
       timing_steps=QUICK_CHUNK if quick else TIMING_STEPS,
-      progress=_training.progress_flag(args))
-  summaries = _training.summarize(problem, results)
+      progress=_cli.progress_flag(args))
+  summaries = _report.summarize(problem, results)
 
-  table = _training.markdown_table(problem, summaries, per_task_columns=True,
-                                   digits=2)
+  table = _report.markdown_table(problem, summaries, per_task_columns=True,
+                                 digits=2)
   setup = (f"MultiDigits (2 tasks), test accuracy (%) per task, mean ± std"
            f" over {len(seeds)} seeds; {steps} Adam steps (lr"
            f" {problem.learning_rate:g}, cosine-decayed to 0; batch"
@@ -143,21 +146,21 @@ def main(argv=None):
            " test canvases.")
   with open(os.path.join(args.out, "table.md"), "w") as f:
     f.write(f"# {problem.name}\n\n"
-            + (f"**{_training.QUICK_NOTICE}**\n\n" if quick else "")
+            + (f"**{_cli.QUICK_NOTICE}**\n\n" if quick else "")
             + f"{setup}\n\n{table}\n"
-            + _training.unavailable_note(missing)
+            + _methods.unavailable_note(missing)
             + f"\n{EXPLANATION}\n")
-  header, rows = _training.csv_rows(problem, summaries)
-  _training.write_csv(os.path.join(args.out, "table.csv"), header, rows)
+  header, rows = _report.csv_rows(problem, summaries)
+  _report.write_csv(os.path.join(args.out, "table.csv"), header, rows)
   plot(os.path.join(args.out, "multidigits.png"), problem, results, summaries,
        chunk, quick)
   print()
-  _training.print_wrapped(setup)
+  _cli.print_wrapped(setup)
   print(table)
-  _training.print_wrapped(f"Per-task columns: test accuracy (%), higher is"
-                          f" better. {EXPLANATION}")
+  _cli.print_wrapped(f"Per-task columns: test accuracy (%), higher is"
+                     f" better. {EXPLANATION}")
   if quick:
-    print(_training.QUICK_NOTICE)
+    print(_cli.QUICK_NOTICE)
   print(f"\nwrote {args.out}/table.md, table.csv, multidigits.png")
   return summaries
 

@@ -23,6 +23,9 @@ import textwrap
 
 import numpy as np
 
+from benchmarks import _cli
+from benchmarks import _methods
+from benchmarks import _report
 from benchmarks import _training
 from fairgrad_jax import datasets
 from fairgrad_jax import models
@@ -83,9 +86,9 @@ def plot(path, panels, quick=False):
   for ax, (problem, sigmas, summaries) in zip(axes[0], panels):
     names = [s.name for s in summaries]
     colors = plt.get_cmap("tab10")(np.linspace(0, 1, len(names)))
-    stl = next(s for s in summaries if s.name == _training.STL)
+    stl = next(s for s in summaries if s.name == _methods.STL)
     for color, s in zip(colors, summaries):
-      if s.name == _training.STL:
+      if s.name == _methods.STL:
         continue
       ratio = s.metric_mean / stl.metric_mean
       style = "-" if s.name.startswith("FairGrad") else "--"
@@ -98,8 +101,8 @@ def plot(path, panels, quick=False):
     ax.set_ylabel("test nMSE / STL's test nMSE (mean over seeds)")
     ax.set_title(f"{problem.name}: per-task error relative to STL")
     ax.legend(fontsize=7)
-    _training.plain_log_ticks(ax.xaxis)
-    _training.plain_log_ticks(ax.yaxis)
+    _report.plain_log_ticks(ax.xaxis)
+    _report.plain_log_ticks(ax.yaxis)
   title = ("GradNorm's synthetic regression: each task's test error over"
            " single-task training's (below 1: better than STL)"
            + (", --quick smoke run: not meaningful" if quick else ""))
@@ -131,16 +134,15 @@ def task_counts_arg(text: str) -> list[int]:
 
 
 def main(argv=None):
-  parser = _training.argument_parser(__doc__,
-                                     os.path.join("results", "synthetic"))
+  parser = _cli.argument_parser(__doc__, os.path.join("results", "synthetic"))
   parser.add_argument("--tasks", type=task_counts_arg, default=None,
                       help="comma-separated task counts K, one table and"
                       " panel each; 10,40 by default, 10 with --quick.")
-  args = _training.parse_args(parser, argv)
-  methods, missing = _training.chosen_methods(parser, args)
+  args = _cli.parse_args(parser, argv)
+  methods, missing = _cli.chosen_methods(parser, args)
   quick = args.quick
   if quick:
-    print(_training.QUICK_NOTICE)
+    print(_cli.QUICK_NOTICE)
   chunk = QUICK_CHUNK if quick else CHUNK
   seeds = list(range(args.seeds or (2 if quick else 3)))
   task_counts = args.tasks or ([10] if quick else list(TASK_COUNTS))
@@ -155,10 +157,10 @@ def main(argv=None):
         problem, methods, seeds=seeds, steps=steps, chunk=chunk,
         timing_rounds=2 if quick else TIMING_ROUNDS,
         timing_steps=QUICK_CHUNK if quick else TIMING_STEPS,
-        progress=_training.progress_flag(args))
-    summaries = _training.summarize(problem, results)
-    table = _training.markdown_table(problem, summaries,
-                                     per_task_columns=k <= 10, digits=3)
+        progress=_cli.progress_flag(args))
+    summaries = _report.summarize(problem, results)
+    table = _report.markdown_table(problem, summaries,
+                                   per_task_columns=k <= 10, digits=3)
     setup = (f"K = {k} tasks, σ_i from {sigmas[0]:g} to {sigmas[-1]:g};"
              f" test MSE / σ_i² per task, mean ± std over {len(seeds)} seeds;"
              f" {steps} Adam steps (lr {problem.learning_rate:g},"
@@ -166,7 +168,7 @@ def main(argv=None):
     sections.append(f"## {problem.name}\n\n{setup} Task i of the CSV is"
                     f" σ_i; tasks are sorted by σ.\n\n{table}\n")
     labels = [f"task{i + 1}" for i in range(max(task_counts))]
-    header, rows = _training.csv_rows(
+    header, rows = _report.csv_rows(
         problem, summaries, prefix={"K": k},
         num_task_columns=max(task_counts), task_labels=labels)
     csv_rows.extend(rows)
@@ -174,22 +176,22 @@ def main(argv=None):
     # The console gets the summary columns only (fits 120 columns); the
     # per-task nMSE are in table.md and table.csv.
     print(f"\n{problem.name}")
-    _training.print_wrapped(setup)
-    print(_training.markdown_table(problem, summaries,
-                                   per_task_columns=False, digits=3))
+    _cli.print_wrapped(setup)
+    print(_report.markdown_table(problem, summaries,
+                                 per_task_columns=False, digits=3))
 
-  _training.print_wrapped(
+  _cli.print_wrapped(
       f"{EXPLANATION} Per-task nMSE (test MSE / σ_i², lower is better): in"
       f" {args.out}/table.md and table.csv.")
   if quick:
-    print(_training.QUICK_NOTICE)
+    print(_cli.QUICK_NOTICE)
   with open(os.path.join(args.out, "table.md"), "w") as f:
     f.write("# Synthetic regression (GradNorm)\n\n"
-            + (f"**{_training.QUICK_NOTICE}**\n\n" if quick else "")
+            + (f"**{_cli.QUICK_NOTICE}**\n\n" if quick else "")
             + "\n".join(sections)
-            + _training.unavailable_note(missing)
+            + _methods.unavailable_note(missing)
             + f"\n{EXPLANATION}\n")
-  _training.write_csv(os.path.join(args.out, "table.csv"), header, csv_rows)
+  _report.write_csv(os.path.join(args.out, "table.csv"), header, csv_rows)
   plot(os.path.join(args.out, "synthetic.png"), panels, quick)
   print(f"\nwrote {args.out}/table.md, table.csv, synthetic.png")
   return panels
