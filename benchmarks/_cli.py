@@ -119,7 +119,8 @@ def parse_args(parser, argv):
 
 
 def chosen_methods(parser, args):
-  """(available, missing) methods of ``--methods``, STL checked up front."""
+  """The methods of ``--methods`` (``--quick``: :data:`QUICK_METHODS`), STL
+  checked up front."""
   methods = _methods.select_methods(  # unknown name: SystemExit, the choices
       _methods.default_methods(),
       args.methods or (QUICK_METHODS if args.quick else None))
@@ -127,7 +128,7 @@ def chosen_methods(parser, args):
     parser.error(f"--methods {args.methods!r} lacks {_methods.STL}: Δm% and"
                  " the per-task columns are relative to single-task training,"
                  f" so add {_methods.STL} to the list.")
-  return _methods.split_available(methods)
+  return methods
 
 
 def progress_flag(args) -> bool | None:

@@ -1,13 +1,14 @@
 """The methods the training benchmarks compare, and how to pick them by name.
 
 A :class:`Method` is a row of the tables: single-task training (:data:`STL`,
-the baseline Δm% is measured against) or a ``fairgrad_jax`` aggregator built
-for the problem's task count, shared-parameter mask and seed.
+the baseline Δm% is measured against) or a public ``fairgrad_jax`` weighting
+turned into an aggregator by :func:`fairgrad_jax.aggregator` for the problem's
+task count, shared-parameter mask and seed. Adding a method to the
+comparison is one line of :func:`default_methods`.
 """
 
 import dataclasses
-import inspect
-from typing import Sequence
+from typing import Callable, Sequence
 
 import fairgrad_jax as fj
 
@@ -19,47 +20,60 @@ class Method:
   """A method of the comparison.
 
   Attributes:
-    name: the name in the tables.
-    factory: name of the ``fairgrad_jax`` factory (None for STL).
-    kwargs: its hyperparameters (the factory's defaults otherwise).
-      ``num_tasks``, ``shared`` and ``seed`` are added when the factory takes
-      them.
+    name: the name in the tables (and of ``--methods``).
+    weighting: the seed's weighting (``seed -> fairgrad_jax.Weighting``;
+      methods without randomness ignore the seed), None for :data:`STL`.
+    aggregator_kwargs: options of :func:`fairgrad_jax.aggregator` other than
+      ``num_tasks`` and ``shared`` (e.g. ``max_norm``).
   """
 
   name: str
-  factory: str | None
-  kwargs: dict = dataclasses.field(default_factory=dict)
+  weighting: Callable[[int], fj.Weighting] | None
+  aggregator_kwargs: dict = dataclasses.field(default_factory=dict)
 
-  def available(self) -> bool:
-    return self.factory is None or hasattr(fj, self.factory)
+  @property
+  def single_task(self) -> bool:
+    """Whether this is STL: K single-task models, no aggregator."""
+    return self.weighting is None
 
   def build(self, num_tasks: int, shared, seed: int):
-    factory = getattr(fj, self.factory)
-    accepted = inspect.signature(factory).parameters
-    kwargs = dict(self.kwargs)
-    for key, value in (("num_tasks", num_tasks), ("shared", shared),
-                       ("seed", seed)):
-      if key in accepted:
-        kwargs[key] = value
-    return factory(**kwargs)
+    """The method's aggregator for ``num_tasks`` tasks, the ``shared`` mask
+    of the parameters and the run's ``seed``."""
+    if self.weighting is None:
+      raise ValueError(f"{self.name} trains single-task models; it has no"
+                       " aggregator to build.")
+    return fj.aggregator(self.weighting(seed), num_tasks=num_tasks,
+                         shared=shared, **self.aggregator_kwargs)
+
+
+def _unseeded(weighting: fj.Weighting) -> Callable[[int], fj.Weighting]:
+  """A weighting without randomness: the same one for every seed."""
+  return lambda seed: weighting
 
 
 def default_methods(alphas: Sequence[float] = (1.0, 2.0, 5.0)) -> list[Method]:
-  """STL, LS, MGDA, PCGrad, CAGrad, Nash-MTL, FAMO and FairGrad per α."""
+  """STL, LS, MGDA, PCGrad, CAGrad, Nash-MTL, FAMO and FairGrad per α.
+
+  Each with its factory's hyperparameters: CAGrad's c = 0.4, Nash-MTL's
+  update clipped to norm 1 (as :func:`fairgrad_jax.nash_mtl`).
+  """
   return [
       Method(STL, None),
-      Method("LS", "linear_scalarization"),
-      Method("MGDA", "mgda"),
-      Method("PCGrad", "pcgrad"),
-      Method("CAGrad", "cagrad", {"c": 0.4}),
-      Method("Nash-MTL", "nash_mtl"),
-      Method("FAMO", "famo"),
-  ] + [Method(f"FairGrad α={a:g}", "fairgrad", {"alpha": float(a)})
+      Method("LS", _unseeded(fj.linear_scalarization_weighting())),
+      Method("MGDA", _unseeded(fj.mgda_weighting())),
+      Method("PCGrad", lambda seed: fj.pcgrad_weighting(seed=seed)),
+      Method("CAGrad", _unseeded(fj.cagrad_weighting(c=0.4))),
+      Method("Nash-MTL", _unseeded(fj.nash_mtl_weighting()),
+             {"max_norm": 1.0}),
+      Method("FAMO", _unseeded(fj.famo_weighting())),
+  ] + [Method(f"FairGrad α={a:g}", _unseeded(fj.fairgrad_weighting(float(a))))
        for a in alphas]
 
 
-def select_methods(methods: Sequence[Method], names: str | None) -> list[Method]:
-  """The methods named in a comma-separated list (all when None)."""
+def select_methods(methods: Sequence[Method],
+                   names: str | None) -> list[Method]:
+  """The methods named in a comma-separated list (all when None); case and
+  spaces are ignored, an unknown name exits with the choices."""
   if not names:
     return list(methods)
   wanted = [n.strip() for n in names.split(",") if n.strip()]
@@ -72,17 +86,3 @@ def select_methods(methods: Sequence[Method], names: str | None) -> list[Method]
                        f"{[m.name for m in methods]}")
     chosen.append(by_key[key])
   return chosen
-
-
-def unavailable_note(missing: Sequence[Method]) -> str:
-  if not missing:
-    return ""
-  names = ", ".join(f"{m.name} (fairgrad_jax.{m.factory})" for m in missing)
-  return (f"\nNot run, their factories are not in this build of fairgrad_jax:"
-          f" {names}.\n")
-
-
-def split_available(methods: Sequence[Method]):
-  available = [m for m in methods if m.available()]
-  missing = [m for m in methods if not m.available()]
-  return available, missing

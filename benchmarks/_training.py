@@ -212,7 +212,7 @@ def run_benchmark(
 
   Args:
     problem: the problem.
-    methods: the methods (unavailable ones must be filtered out first).
+    methods: the methods.
     seeds: the seeds; seed s fixes the initial weights and minibatch order,
       the same for every method.
     steps: training steps per run, a multiple of ``chunk``.
@@ -245,7 +245,7 @@ def run_benchmark(
     for seed in seeds:
       bar.set_description(f"{problem.name}: {method.name}, seed {seed}")
       init_key, data_key = jax.random.split(_key(seed))
-      if method.factory is None:
+      if method.single_task:
         params = runner.init_single(jax.random.split(init_key, k))
         state = jax.vmap(runner.adam.init)(params)
         run = run or runner.stl_step()
@@ -265,7 +265,7 @@ def run_benchmark(
                                                 chunk)
         curve.append(losses.mean(axis=0))
         bar.update(chunk)
-      scores.append(runner.evaluate(params, stl=method.factory is None))
+      scores.append(runner.evaluate(params, stl=method.single_task))
       curves.append(np.stack(curve))
     results[method.name] = (np.stack(scores), np.stack(curves))
     last[method.name] = (run, params, state, data_key)

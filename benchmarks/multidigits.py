@@ -19,7 +19,6 @@ import numpy as np
 import optax
 
 from benchmarks import _cli
-from benchmarks import _methods
 from benchmarks import _report
 from benchmarks import _training
 from fairgrad_jax import datasets
@@ -118,7 +117,7 @@ def main(argv=None):
   parser = _cli.argument_parser(__doc__,
                                 os.path.join("results", "multidigits"))
   args = _cli.parse_args(parser, argv)
-  methods, missing = _cli.chosen_methods(parser, args)
+  methods = _cli.chosen_methods(parser, args)
   quick = args.quick
   if quick:
     print(_cli.QUICK_NOTICE)
@@ -148,7 +147,6 @@ def main(argv=None):
     f.write(f"# {problem.name}\n\n"
             + (f"**{_cli.QUICK_NOTICE}**\n\n" if quick else "")
             + f"{setup}\n\n{table}\n"
-            + _methods.unavailable_note(missing)
             + f"\n{EXPLANATION}\n")
   header, rows = _report.csv_rows(problem, summaries)
   _report.write_csv(os.path.join(args.out, "table.csv"), header, rows)

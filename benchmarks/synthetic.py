@@ -139,7 +139,7 @@ def main(argv=None):
                       help="comma-separated task counts K, one table and"
                       " panel each; 10,40 by default, 10 with --quick.")
   args = _cli.parse_args(parser, argv)
-  methods, missing = _cli.chosen_methods(parser, args)
+  methods = _cli.chosen_methods(parser, args)
   quick = args.quick
   if quick:
     print(_cli.QUICK_NOTICE)
@@ -189,7 +189,6 @@ def main(argv=None):
     f.write("# Synthetic regression (GradNorm)\n\n"
             + (f"**{_cli.QUICK_NOTICE}**\n\n" if quick else "")
             + "\n".join(sections)
-            + _methods.unavailable_note(missing)
             + f"\n{EXPLANATION}\n")
   _report.write_csv(os.path.join(args.out, "table.csv"), header, csv_rows)
   plot(os.path.join(args.out, "synthetic.png"), panels, quick)
