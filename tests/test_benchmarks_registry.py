@@ -4,6 +4,8 @@ are the package's own factories, and ``--methods`` finds them by name."""
 import pathlib
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 _ROOT = str(pathlib.Path(__file__).resolve().parents[1])
@@ -69,3 +71,26 @@ def test_select_methods_finds_them_by_name():
   assert _methods.select_methods(methods, None) == methods
   with pytest.raises(SystemExit, match="unknown method 'GradDrop'"):
     _methods.select_methods(methods, "STL,GradDrop")
+
+
+def _seeded_update(method, opt_seed, state_seed):
+  """One update by the aggregator built for ``opt_seed`` from the state that
+  the one built for ``state_seed`` starts from."""
+  params = {"encoder": jax.numpy.ones(4)}
+  grads = {"encoder": jax.random.normal(jax.random.key(0), (3, 4))}
+  state = method.build(3, None, state_seed).init(params)
+  update, _ = method.build(3, None, opt_seed).update(grads, state, params)
+  return update["encoder"]
+
+
+def test_seeds_live_in_the_aggregator_state():
+  """run_benchmark compiles one step per method, with the first seed's
+  aggregator, and gives each seed its own initial state: so a method's seed
+  must act through its state, not through the aggregator's closure."""
+  seeded = [m for m in _methods.default_methods()[1:]
+            if repr(m.build(3, None, 0)) != repr(m.build(3, None, 5))]
+  assert [m.name for m in seeded] == ["PCGrad"]
+  for method in seeded:
+    own = _seeded_update(method, 5, 5)
+    assert not np.array_equal(own, _seeded_update(method, 0, 0))
+    np.testing.assert_array_equal(_seeded_update(method, 0, 5), own)
