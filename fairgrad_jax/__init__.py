@@ -1,93 +1,144 @@
 """fairgrad_jax: fair multi-task optimisation as jittable Optax aggregators.
 
 FairGrad (Ban & Ji, "Fair Resource Allocation in Multi-Task Learning",
-ICML 2024, arXiv:2402.15638) and the methods it is compared with, each an
-:class:`optax.experimental.aggregating.Aggregator` that maps stacked per-task
-gradients to one update, with its weight solve inside ``jax.jit``.
+ICML 2024, arXiv:2402.15638) and the methods it is compared with. Each
+method is a :class:`Weighting` (Gram matrix, losses and state → task
+weights), made by its ``*_weighting`` constructor, and runs
+
+* as an :class:`optax.experimental.aggregating.Aggregator` of stacked
+  per-task gradients (its factory, e.g. :func:`fairgrad`, or
+  :func:`aggregator` on any weighting),
+* Gram-only, without the K×P Jacobian (:func:`weighted_grad`),
+* on the gradients of a shared representation (:func:`representation_grad`),
+
+with its weight solve inside ``jax.jit``. Data-parallel helpers live in
+:mod:`fairgrad_jax.sharding`.
 """
 
-from fairgrad_jax._aggregation.base import AggregatorState
-from fairgrad_jax._aggregation.fairgrad import fairgrad
-from fairgrad_jax._aggregation.fairgrad import FairGradInfo
-from fairgrad_jax._aggregation.fairgrad import linear_scalarization
-from fairgrad_jax._aggregation.gradient_surgery import cagrad
-from fairgrad_jax._aggregation.gradient_surgery import imtl_g
-from fairgrad_jax._aggregation.gradient_surgery import nash_mtl
-from fairgrad_jax._aggregation.gradient_surgery import pcgrad
-from fairgrad_jax._aggregation.graddrop import graddrop
-from fairgrad_jax._aggregation.loss_weighting import dwa
-from fairgrad_jax._aggregation.loss_weighting import DWAState
-from fairgrad_jax._aggregation.loss_weighting import famo
-from fairgrad_jax._aggregation.loss_weighting import FAMOState
-from fairgrad_jax._aggregation.loss_weighting import rlw
-from fairgrad_jax._aggregation.loss_weighting import scale_invariant
-from fairgrad_jax._aggregation.loss_weighting import uw
-from fairgrad_jax._aggregation.loss_weighting import UWState
-from fairgrad_jax._aggregation.mgda import mgda
-from fairgrad_jax._aggregation.mgda import MGDAInfo
-from fairgrad_jax._weighting.cagrad import cagrad_weights
-from fairgrad_jax._weighting.imtl_g import imtl_g_weights
-from fairgrad_jax._weighting.mgda import mgda_solve
-from fairgrad_jax._weighting.mgda import mgda_weights
-from fairgrad_jax._weighting.mgda import MGDASolution
-from fairgrad_jax._weighting.nash_mtl import nash_mtl_weights
-from fairgrad_jax._weighting.pcgrad import pcgrad_weights
+import warnings
+
+from fairgrad_jax import sharding
+from fairgrad_jax._aggregator import aggregator
+from fairgrad_jax._aggregator import AggregatorState
+from fairgrad_jax._aggregator import Weighting
 from fairgrad_jax._autogram import weighted_grad
 from fairgrad_jax._autogram import WeightedGrad
 from fairgrad_jax._gram import gram_matrix
 from fairgrad_jax._losses import fair_loss
 from fairgrad_jax._masks import shared_mask
+from fairgrad_jax._methods.cagrad import cagrad
+from fairgrad_jax._methods.cagrad import cagrad_weighting
+from fairgrad_jax._methods.cagrad import cagrad_weights
+from fairgrad_jax._methods.cagrad import CAGradInfo
+from fairgrad_jax._methods.dwa import dwa
+from fairgrad_jax._methods.dwa import dwa_weighting
+from fairgrad_jax._methods.dwa import DWAState
+from fairgrad_jax._methods.fairgrad import fairgrad
+from fairgrad_jax._methods.fairgrad import fairgrad_weighting
+from fairgrad_jax._methods.fairgrad import fairgrad_weights
+from fairgrad_jax._methods.famo import famo
+from fairgrad_jax._methods.famo import famo_weighting
+from fairgrad_jax._methods.famo import FAMOState
+from fairgrad_jax._methods.graddrop import graddrop
+from fairgrad_jax._methods.imtl_g import imtl_g
+from fairgrad_jax._methods.imtl_g import imtl_g_weighting
+from fairgrad_jax._methods.imtl_g import imtl_g_weights
+from fairgrad_jax._methods.linear_scalarization import linear_scalarization
+from fairgrad_jax._methods.linear_scalarization import (
+    linear_scalarization_weighting)
+from fairgrad_jax._methods.mgda import mgda
+from fairgrad_jax._methods.mgda import mgda_weighting
+from fairgrad_jax._methods.mgda import mgda_weights
+from fairgrad_jax._methods.mgda import MGDAInfo
+from fairgrad_jax._methods.nash_mtl import nash_mtl
+from fairgrad_jax._methods.nash_mtl import nash_mtl_weighting
+from fairgrad_jax._methods.nash_mtl import nash_mtl_weights
+from fairgrad_jax._methods.pcgrad import pcgrad
+from fairgrad_jax._methods.pcgrad import pcgrad_weighting
+from fairgrad_jax._methods.pcgrad import pcgrad_weights
+from fairgrad_jax._methods.rlw import rlw
+from fairgrad_jax._methods.rlw import rlw_weighting
+from fairgrad_jax._methods.scale_invariant import scale_invariant
+from fairgrad_jax._methods.scale_invariant import scale_invariant_weighting
+from fairgrad_jax._methods.uw import uw
+from fairgrad_jax._methods.uw import uw_weighting
+from fairgrad_jax._methods.uw import UWState
 from fairgrad_jax._representation import representation_grad
-from fairgrad_jax._sharding import data_mesh
-from fairgrad_jax._sharding import data_parallel
-from fairgrad_jax._sharding import replicate
-from fairgrad_jax._sharding import shard_batch
+from fairgrad_jax._solvers.fairgrad import fairgrad_solve
+from fairgrad_jax._solvers.fairgrad import FairGradInfo
+from fairgrad_jax._solvers.fairgrad import FairGradSolution
+from fairgrad_jax._solvers.mgda import mgda_solve
+from fairgrad_jax._solvers.mgda import MGDASolution
 from fairgrad_jax._task_gradients import task_gradients
-from fairgrad_jax._weighting.fairgrad import fairgrad_solve
-from fairgrad_jax._weighting.fairgrad import fairgrad_weights
-from fairgrad_jax._weighting.fairgrad import FairGradSolution
 
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = sorted([
+    "AggregatorState",
+    "CAGradInfo",
     "DWAState",
     "FAMOState",
+    "FairGradInfo",
+    "FairGradSolution",
     "MGDAInfo",
     "MGDASolution",
     "UWState",
+    "WeightedGrad",
+    "Weighting",
+    "aggregator",
     "cagrad",
+    "cagrad_weighting",
     "cagrad_weights",
     "dwa",
-    "famo",
-    "graddrop",
-    "imtl_g",
-    "imtl_g_weights",
-    "mgda",
-    "mgda_solve",
-    "mgda_weights",
-    "nash_mtl",
-    "nash_mtl_weights",
-    "pcgrad",
-    "pcgrad_weights",
-    "rlw",
-    "scale_invariant",
-    "uw",
-    "AggregatorState",
-    "FairGradInfo",
-    "FairGradSolution",
-    "WeightedGrad",
-    "data_mesh",
-    "data_parallel",
+    "dwa_weighting",
     "fair_loss",
     "fairgrad",
     "fairgrad_solve",
+    "fairgrad_weighting",
     "fairgrad_weights",
+    "famo",
+    "famo_weighting",
+    "graddrop",
     "gram_matrix",
+    "imtl_g",
+    "imtl_g_weighting",
+    "imtl_g_weights",
     "linear_scalarization",
-    "replicate",
+    "linear_scalarization_weighting",
+    "mgda",
+    "mgda_solve",
+    "mgda_weighting",
+    "mgda_weights",
+    "nash_mtl",
+    "nash_mtl_weighting",
+    "nash_mtl_weights",
+    "pcgrad",
+    "pcgrad_weighting",
+    "pcgrad_weights",
     "representation_grad",
-    "shard_batch",
+    "rlw",
+    "rlw_weighting",
+    "scale_invariant",
+    "scale_invariant_weighting",
     "shared_mask",
+    "sharding",
     "task_gradients",
+    "uw",
+    "uw_weighting",
     "weighted_grad",
-]
+])
+
+# The data-parallel helpers moved to fairgrad_jax.sharding; the old names
+# still work, with a DeprecationWarning, until the next minor release.
+_MOVED_TO_SHARDING = ("data_mesh", "data_parallel", "replicate",
+                      "shard_batch")
+
+
+def __getattr__(name):
+  if name in _MOVED_TO_SHARDING:
+    warnings.warn(
+        f"fairgrad_jax.{name} moved to fairgrad_jax.sharding.{name}; the old"
+        " name will be removed in the next minor release.",
+        DeprecationWarning, stacklevel=2)
+    return getattr(sharding, name)
+  raise AttributeError(f"module 'fairgrad_jax' has no attribute {name!r}")

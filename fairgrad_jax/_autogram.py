@@ -33,15 +33,18 @@ the true GᵀG, so any weighting can be plugged in).
 """
 
 import inspect
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from fairgrad_jax import _aggregator
+from fairgrad_jax import _checks
 from fairgrad_jax import _gram
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+Mode = Literal["jvp", "vjp"]
 _MODES = ("jvp", "vjp")
 
 
@@ -254,13 +257,13 @@ def accepts_init(weights_fn) -> bool:
 
 
 def call_weights_fn(weights_fn, gram, init, k):
-  """Runs ``weights_fn(gram[, init=init])`` and checks its (K,) output."""
+  """Runs a plain ``weights_fn(gram[, init=init])``; checks its (K,) output."""
   if init is not None:
     if not accepts_init(weights_fn):
       raise ValueError(
           "init= was given but weights_fn does not take an `init` keyword;"
-          " use e.g. functools.partial(fairgrad_jax.fairgrad_weights,"
-          " alpha=2.0), or leave init out.")
+          " use e.g. fairgrad_jax.fairgrad_weighting(alpha=2.0), or leave"
+          " init out.")
     weights = weights_fn(gram, init=jnp.asarray(init, gram.dtype))
   else:
     weights = weights_fn(gram)
@@ -271,6 +274,60 @@ def call_weights_fn(weights_fn, gram, init, k):
         f"weights_fn must map a ({k}, {k}) Gram matrix to ({k},) weights; got"
         f" shape {weights.shape}.")
   return jax.lax.stop_gradient(weights.astype(gram.dtype))
+
+
+def gram_solve(weights_fn, gram_of, losses, k, *, init, state):
+  """Weights of a Gram-only step, and the next state.
+
+  Args:
+    weights_fn: a :class:`Weighting` or a plain ``gram -> weights``.
+    gram_of: ``() -> (K, K)`` Gram matrix (called only if needed).
+    losses: the (K,) losses.
+    k: K.
+    init: warm-start weights (true units) or None.
+    state: an :class:`AggregatorState` or None.
+
+  Returns:
+    ``(weights, new_state)``: the weights of the true gradients (constants)
+    and the next state (None without a state).
+  """
+  if not isinstance(weights_fn, _aggregator.Weighting):
+    if state is not None:
+      raise ValueError(
+          "state= carries a Weighting's state between calls; weights_fn is a"
+          " plain function (pass a fairgrad_jax.Weighting, e.g."
+          " fairgrad_jax.fairgrad_weighting(alpha=2.0)).")
+    return call_weights_fn(weights_fn, gram_of(), init, k), None
+  weighting = weights_fn
+  dtype = jnp.promote_types(losses.dtype, jnp.float32)
+  if state is None:
+    state = _aggregator.initial_state(weighting, k)
+    if init is not None:
+      init = jnp.asarray(init)
+      if init.shape != (k,):
+        raise ValueError(f"init must have shape ({k},), got {init.shape}.")
+      state = state._replace(weights=init.astype(jnp.float32))
+  elif init is not None:
+    raise ValueError("give init= or state=, not both: state.weights is the"
+                     " warm start.")
+  elif state.weights is not None and jnp.shape(state.weights) != (k,):
+    raise ValueError(f"state.weights has shape {jnp.shape(state.weights)},"
+                     f" but the losses have K = {k}.")
+  if weighting.needs_gram:
+    gram = jax.lax.stop_gradient(gram_of())
+    dtype = gram.dtype
+    # Solve on GᵀG / σ² (σ² the power of two nearest its largest entry) as
+    # the aggregator does: the same weights, in range at any scale.
+    e = _gram.log2_scale([jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))],
+                         dtype)
+    gram = _gram.times_pow2(gram, -2 * e)
+  else:
+    gram = jnp.zeros((k, k), dtype)
+    e = jnp.zeros((), dtype)
+  losses = _aggregator.check_losses(weighting, jax.lax.stop_gradient(losses),
+                                    k)
+  _, weights, new_state = _aggregator.solve(weighting, gram, e, state, losses)
+  return jax.lax.stop_gradient(weights), new_state
 
 
 def check_losses(losses, what="losses_fn"):
@@ -301,16 +358,26 @@ def _gram_weighting_for(factory):
   # pylint: disable=g-import-not-at-top
   import fairgrad_jax
   pairs = {
-      "fairgrad": "functools.partial(fairgrad_jax.fairgrad_weights, alpha=...)",
-      "nash_mtl": "fairgrad_jax.nash_mtl_weights",
-      "mgda": "fairgrad_jax.mgda_weights",
-      "cagrad": "functools.partial(fairgrad_jax.cagrad_weights, c=...)",
-      "imtl_g": "fairgrad_jax.imtl_g_weights",
-      "pcgrad": "functools.partial(fairgrad_jax.pcgrad_weights, key=key)",
-      "linear_scalarization": "lambda gram: jnp.ones(gram.shape[0])",
+      "fairgrad": "fairgrad_jax.fairgrad_weighting(alpha=...) (or"
+                  " functools.partial(fairgrad_jax.fairgrad_weights,"
+                  " alpha=...))",
+      "nash_mtl": "fairgrad_jax.nash_mtl_weighting() (or"
+                  " fairgrad_jax.nash_mtl_weights)",
+      "mgda": "fairgrad_jax.mgda_weighting() (or fairgrad_jax.mgda_weights)",
+      "cagrad": "fairgrad_jax.cagrad_weighting(c=...) (or"
+                " functools.partial(fairgrad_jax.cagrad_weights, c=...))",
+      "imtl_g": "fairgrad_jax.imtl_g_weighting() (or"
+                " fairgrad_jax.imtl_g_weights)",
+      "pcgrad": "fairgrad_jax.pcgrad_weighting(seed=...) (or"
+                " functools.partial(fairgrad_jax.pcgrad_weights, key=key))",
+      "linear_scalarization":
+          "fairgrad_jax.linear_scalarization_weighting()",
+      "graddrop": None,
   }
-  for name in ("graddrop", "rlw", "dwa", "uw", "scale_invariant", "famo"):
-    pairs[name] = None
+  for name in ("rlw", "dwa", "uw", "scale_invariant", "famo"):
+    pairs[name] = (f"fairgrad_jax.{name}_weighting() instead: it weights the"
+                   " losses, so there is no Gram weighting to form (the Gram"
+                   " matrix is skipped)")
   for name, weighting in pairs.items():
     if factory is getattr(fairgrad_jax, name):
       return name, weighting
@@ -321,8 +388,8 @@ def check_weights_fn(weights_fn, what="weights_fn"):
   """Refuses an aggregator (or its factory) where a weighting is expected."""
   if isinstance(weights_fn, optax.GradientTransformation):
     raise TypeError(
-        f"{what} must be a weighting gram -> (K,) weights (e.g."
-        " fairgrad_jax.mgda_weights), got an optax aggregator"
+        f"{what} must be a weighting (e.g. fairgrad_jax.mgda_weighting(),"
+        " or a function gram -> (K,) weights), got an optax aggregator"
         f" {weights_fn!r}; aggregators take stacked per-task gradients:"
         " use them in an optax chain with fairgrad_jax.task_gradients.")
   if not callable(weights_fn):
@@ -331,9 +398,9 @@ def check_weights_fn(weights_fn, what="weights_fn"):
   if found is not None:
     name, weighting = found
     instead = (f" pass {weighting}" if weighting is not None else
-               f" {name} weights the losses or the gradients' entries, not"
-               " the Gram matrix, so it has no Gram weighting; use it as an"
-               " optax aggregator on fairgrad_jax.task_gradients' output")
+               f" {name} drops the gradients' entries, it is not a weighting"
+               " (it has no Gram weighting); use it as an optax aggregator on"
+               " fairgrad_jax.task_gradients' output")
     raise TypeError(
         f"{what}=fairgrad_jax.{name} is an aggregator factory (an optax"
         f" transformation of stacked gradients), not a weighting gram ->"
@@ -342,43 +409,55 @@ def check_weights_fn(weights_fn, what="weights_fn"):
 
 def weighted_grad(
     losses_fn: Callable[..., jax.Array],
-    weights_fn: Callable[..., jax.Array],
+    weights_fn: "_aggregator.Weighting | Callable[..., jax.Array]",
     *,
     chunk_size: int | None = None,
-    mode: str = "jvp",
+    mode: Mode = "jvp",
     shared: _gram.Mask = None,
-    weight_heads: bool = True,
-) -> Callable[..., WeightedGrad]:
-  r"""Σ_i w_i ∇l_i with w = weights_fn(GᵀG), without stacking the gradients.
+    weight_heads: bool | None = None,
+) -> Callable[..., Any]:
+  r"""Σ_i w_i ∇l_i with the weights of a weighting, without stacking gradients.
 
-  Returns ``grad_fn(params, *args, init=None) -> WeightedGrad(losses, update,
-  weights)``. ``losses_fn(params, *args)`` returns the (K,) task losses; the
-  extra arguments (batch, PRNG key...) pass through. The function:
+  Returns ``grad_fn(params, *args, init=None, state=None)``.
+  ``losses_fn(params, *args)`` returns the (K,) task losses; the extra
+  arguments (batch, PRNG key...) pass through. The function:
 
   1. linearizes the losses once (one forward pass);
   2. forms GᵀG = J Jᵀ, J = ∂l/∂params, ``chunk_size`` tasks at a time (see
-     the module docstring for ``mode``), never holding the K×P Jacobian;
-  3. solves ``w = weights_fn(GᵀG)`` (weights are constants: stop_gradient);
+     the module docstring for ``mode``), never holding the K×P Jacobian
+     (skipped for weightings that ignore it: the loss-weighting methods);
+  3. computes the weights (constants: stop_gradient);
   4. returns ``update = Jᵀ w = Σ_i w_i g_i``, one more VJP of the same
      linearization.
+
+  ``weights_fn`` is a :class:`Weighting` (any method: ``fairgrad_weighting(
+  alpha=2.0)``, ``pcgrad_weighting(seed=0)``, ``famo_weighting()``...) or a
+  plain function ``gram -> (K,) weights`` (which may take ``init=`` and may
+  return an object with a ``.weights`` field, e.g. a
+  :class:`FairGradSolution`).
+
+  * Stateless call: ``grad_fn(params, *args)`` returns a
+    :class:`WeightedGrad` (``losses, update, weights``); ``init=weights``
+    warm-starts the solve (FairGrad), and a Weighting starts from its
+    initial state every time.
+  * Stateful call (a :class:`Weighting`): ``out, state = grad_fn(params,
+    *args, state=state)``, starting from ``state = grad_fn.init(K)``, an
+    :class:`AggregatorState` like the aggregator's: ``state.weights`` the
+    last weights (FairGrad's warm start), ``state.extra`` the method's own
+    state (PCGrad's and RLW's key, DWA's loss history, UW's and FAMO's
+    learned parameters, the solvers' diagnostics). A sequence of stateful
+    calls gives the updates that the method's aggregator gives on the
+    stacked gradients.
 
   It is a pure function: wrap it in ``jax.jit``. Under ``jit`` with a batch
   sharded over devices, the per-task gradients are means over the whole
   batch, so XLA averages them across shards before the Gram matrix (see
-  :func:`data_parallel`).
+  :func:`fairgrad_jax.sharding.data_parallel`).
 
   Args:
     losses_fn: ``(params, *args) -> (K,)`` task losses.
-    weights_fn: ``gram -> (K,)`` weights, e.g.
-      ``functools.partial(fairgrad_weights, alpha=2.0)`` or any Gram-based
-      weighting (MGDA, Nash-MTL...). If it takes an ``init`` keyword, the
-      caller can warm-start it with ``grad_fn(params, ..., init=weights)``
-      (FairGrad's solve converges in a few iterations from the previous
-      step's weights). It may also return an object with a ``.weights``
-      field (e.g. a :class:`FairGradSolution`). A weighting that needs a
-      PRNG key (PCGrad) is bound inside the jitted step:
-      ``weighted_grad(losses_fn, partial(pcgrad_weights, key=key))(params,
-      batch)`` (building the function is free).
+    weights_fn: a :class:`Weighting`, or ``gram -> (K,)`` weights (e.g.
+      ``functools.partial(fairgrad_weights, alpha=2.0)``).
     chunk_size: tasks whose gradients are held at once (None: all K, the
       fastest; 1: the leanest, about one extra gradient of memory).
     mode: ``"jvp"`` (VJP/JVP pairs, linear in K) or ``"vjp"`` (reverse mode
@@ -391,33 +470,43 @@ def weighted_grad(
     shared: which params leaves enter the Gram matrix: None (all), a pytree
       of bools like the params or a prefix of it, or a callable returning one
       from the params (as in :func:`fairgrad`).
-    weight_heads: if True (default) every leaf gets Σ_i w_i g_i, the gradient
-      of Σ_i w_i l_i. If False, leaves outside ``shared`` (task heads) get
-      the plain Σ_i g_i, as the :func:`fairgrad` aggregator gives them (one
-      more VJP).
+    weight_heads: whether leaves outside ``shared`` (task heads) get
+      Σ_i w_i g_i, the gradient of Σ_i w_i l_i (True), or the plain Σ_i g_i
+      (False, one more VJP). Default: the weighting's own rule
+      (:attr:`Weighting.weight_heads`, as its aggregator does), True for a
+      plain function.
 
   Returns:
-    ``grad_fn(params, *args, init=None)`` returning a :class:`WeightedGrad`.
+    ``grad_fn(params, *args, init=None, state=None)`` returning a
+    :class:`WeightedGrad`, or ``(WeightedGrad, state)`` when ``state`` is
+    given; ``grad_fn.init(num_tasks)`` gives the first state.
 
   Examples:
-    >>> import functools, jax, jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
     >>> import fairgrad_jax
     >>> def losses(params, x):  # three tasks sharing a linear map
     ...   y = x @ params["w"]
     ...   return jnp.mean((y - jnp.arange(3.0)) ** 2, axis=0)
     >>> params = {"w": jnp.ones((4, 3))}
     >>> x = jnp.arange(8.0).reshape(2, 4) / 8
-    >>> grad_fn = jax.jit(fairgrad_jax.weighted_grad(
-    ...     losses, functools.partial(fairgrad_jax.fairgrad_weights, alpha=2.0),
-    ...     chunk_size=1))
-    >>> out = grad_fn(params, x)
+    >>> grad_fn = fairgrad_jax.weighted_grad(
+    ...     losses, fairgrad_jax.fairgrad_weighting(alpha=2.0), chunk_size=1)
+    >>> step = jax.jit(grad_fn)
+    >>> out = step(params, x)
     >>> stacked = jax.jacrev(losses)(params, x)["w"]  # (K, 4, 3), to compare
     >>> gram = jnp.einsum("kij,lij->kl", stacked, stacked)
     >>> w = fairgrad_jax.fairgrad_weights(gram, alpha=2.0)
     >>> bool(jnp.allclose(out.update["w"], jnp.tensordot(w, stacked, 1),
     ...                   rtol=1e-4))
     True
-    >>> out = grad_fn(params, x, init=out.weights)  # warm start
+
+    Carrying the state (warm starts, diagnostics) from step to step:
+
+    >>> state = grad_fn.init(3)
+    >>> for _ in range(2):
+    ...   out, state = step(params, x, state=state)
+    >>> bool(state.extra.converged), state.weights.shape
+    (True, (3,))
 
   References:
     Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024,
@@ -428,8 +517,9 @@ def weighted_grad(
   check_weights_fn(weights_fn)
   if not callable(losses_fn) or not callable(weights_fn):
     raise ValueError("losses_fn and weights_fn must be callables.")
+  heads = resolve_weight_heads(weights_fn, weight_heads)
 
-  def grad_fn(params, *args, init=None):
+  def grad_fn(params, *args, init=None, state=None):
     fn = lambda p: losses_fn(p, *args)
     mask = _gram.shared_leaves(shared, params)
     if mode == "jvp":
@@ -442,16 +532,45 @@ def weighted_grad(
       k = check_losses(losses)
       jvp_fn = None
       vjp_fn1 = lambda ct: vjp_fn(ct)[0]
-    gram = gram_from_vjp(vjp_fn1, k, losses.dtype, mask,
-                         chunk_size=chunk_size, jvp_fn=jvp_fn, params=params)
-    weights = call_weights_fn(weights_fn, gram, init, k)
+    gram_of = lambda: gram_from_vjp(vjp_fn1, k, losses.dtype, mask,
+                                    chunk_size=chunk_size, jvp_fn=jvp_fn,
+                                    params=params)
+    weights, new_state = gram_solve(weights_fn, gram_of, losses, k,
+                                    init=init, state=state)
     update = vjp_fn1(weights.astype(losses.dtype))
-    if not weight_heads and not all(mask):
+    if not heads and not all(mask):
       plain = vjp_fn1(jnp.ones_like(losses))
       update = jax.tree.unflatten(
           jax.tree.structure(update),
           [u if m else s for u, s, m in zip(
               jax.tree.leaves(update), jax.tree.leaves(plain), mask)])
-    return WeightedGrad(losses=losses, update=update, weights=weights)
+    out = WeightedGrad(losses=losses, update=update, weights=weights)
+    if state is None:
+      return out
+    return out, _aggregator.keep_if_bad_step(weights_fn, update, new_state,
+                                             state)
 
+  return with_init(grad_fn, weights_fn)
+
+
+def resolve_weight_heads(weights_fn, weight_heads):
+  """The heads rule: the argument, else the weighting's, else True."""
+  if weight_heads is not None:
+    return _checks.bool_hyperparameter("weight_heads", weight_heads)
+  if isinstance(weights_fn, _aggregator.Weighting):
+    return weights_fn.weight_heads
+  return True
+
+
+def with_init(grad_fn, weights_fn):
+  """Gives ``grad_fn`` its ``init(num_tasks)`` (the first state)."""
+
+  def init(num_tasks):
+    if not isinstance(weights_fn, _aggregator.Weighting):
+      raise ValueError("init() gives a Weighting's first state; weights_fn"
+                       " is a plain function, which has none.")
+    num_tasks = _checks.int_hyperparameter("num_tasks", num_tasks)
+    return _aggregator.initial_state(weights_fn, num_tasks)
+
+  grad_fn.init = init
   return grad_fn

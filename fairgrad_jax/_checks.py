@@ -92,3 +92,21 @@ def bool_hyperparameter(name: str, value) -> bool:
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be a bool (True or False), got {value!r}.")
   return bool(value)
+
+
+def num_tasks(value) -> int | None:
+  """Checks ``num_tasks``: a positive int or None; returns it."""
+  if value is not None and (
+      not isinstance(value, (int, np.integer))
+      or isinstance(value, (bool, np.bool_)) or value < 1):
+    raise ValueError(f"num_tasks must be a positive int or None, got"
+                     f" {value!r}.")
+  return None if value is None else int(value)
+
+
+def seed(value) -> int:
+  """Checks a PRNG seed: an int (not a bool); returns it."""
+  if not isinstance(value, (int, np.integer)) or isinstance(
+      value, (bool, np.bool_)):
+    raise ValueError(f"seed must be an int, got {value!r}.")
+  return int(value)

@@ -19,47 +19,55 @@ parameter-level method (exact when ∂z/∂θ_sh has orthonormal rows).
 Cost: the z-gradients of ``chunk_size`` tasks are held at once (K of them by
 default), K · dim z floats, and the Gram products take O(K² dim z) flops;
 with a large batch and many tasks, pool z or pass ``chunk_size``. Give the
-heads one task at a time (``num_tasks=K``) so that each z-gradient runs its
-own head only: with a (K,)-valued heads function every z-gradient runs all K
+heads one task at a time (``task_heads=K``) so that each z-gradient runs
+its own head only: with a (K,)-valued heads function every z-gradient runs all K
 heads, which at K = 40 costs more than the encoder.
 """
 
 from typing import Any, Callable
+import warnings
 
 import jax
 import jax.numpy as jnp
 
+from fairgrad_jax import _aggregator
 from fairgrad_jax import _autogram
+from fairgrad_jax import _checks
 
 
 def representation_grad(
     encoder_fn: Callable[..., Any],
     heads_fn: Callable[..., jax.Array],
-    weights_fn: Callable[..., jax.Array],
+    weights_fn: "_aggregator.Weighting | Callable[..., jax.Array]",
     *,
     chunk_size: int | None = None,
-    mode: str = "jvp",
+    mode: _autogram.Mode = "jvp",
+    task_heads: int | None = None,
     num_tasks: int | None = None,
-) -> Callable[..., _autogram.WeightedGrad]:
-  r"""Σ_i w_i ∇l_i with w = weights_fn of the Gram matrix of ∂l_i/∂z.
+) -> Callable[..., Any]:
+  r"""Σ_i w_i ∇l_i with the weights of the Gram matrix of ∂l_i/∂z.
 
-  Returns ``grad_fn(params, *args, init=None) -> WeightedGrad(losses, update,
-  weights)``, like :func:`weighted_grad`, for a model split in two:
+  Returns ``grad_fn(params, *args, init=None, state=None)`` like
+  :func:`weighted_grad` (a :class:`WeightedGrad`, or ``(WeightedGrad,
+  state)`` with ``state=``; ``grad_fn.init(K)`` gives the first state), for
+  a model split in two:
 
   * ``encoder_fn(params, *args) -> z``, the shared representation (any
     pytree of arrays, e.g. the (B, d) features of a batch);
   * ``heads_fn(params, z, *args) -> (K,)`` task losses; or, with
-    ``num_tasks=K``, one task at a time: ``heads_fn(params, z, task, *args)
+    ``task_heads=K``, one task at a time: ``heads_fn(params, z, task, *args)
     -> scalar``, the loss of task ``task`` (an int32 index, traced: index
     the task's head with it, e.g. ``params["heads"][task]``).
 
   Both take the whole params (each uses its own part); ``args`` (batch,
   PRNG keys) pass through to both. The function runs the encoder once,
   forms (GᵀG)_ij = Σ <∂l_i/∂z, ∂l_j/∂z> (summed over every entry of z,
-  batch included), solves ``w = weights_fn(GᵀG)`` (constants:
-  stop_gradient) and returns the gradient of Σ_i w_i l_i with respect to
-  every parameter: one backward pass through the encoder. ``init=``
-  warm-starts ``weights_fn`` as in :func:`weighted_grad`.
+  batch included), computes the weights of ``weights_fn`` (a
+  :class:`Weighting` of any method, with its state, or a plain ``gram ->
+  weights``; constants: stop_gradient) and returns the gradient of
+  Σ_i w_i l_i with respect to every parameter (heads included): one
+  backward pass through the encoder. ``init=`` warm-starts the solve and
+  ``state=`` carries the weighting's state, as in :func:`weighted_grad`.
 
   Cost of the Gram matrix: K z-gradients, each one backward pass through the
   heads. With a (K,)-valued ``heads_fn`` each of these passes runs every
@@ -73,16 +81,19 @@ def representation_grad(
   Args:
     encoder_fn: ``(params, *args) -> z``.
     heads_fn: ``(params, z, *args) -> (K,)`` losses.
-    weights_fn: ``gram -> (K,)`` weights; may take ``init=``.
+    weights_fn: a :class:`Weighting`, or ``gram -> (K,)`` weights (may take
+      ``init=``).
     chunk_size: tasks whose z-gradients are held at once (None: all K; the
       K × dim z block is usually small).
     mode: ``"jvp"`` or ``"vjp"``, how the Gram products are formed (above).
-    num_tasks: K when ``heads_fn`` gives one task's loss at a time (above);
-      None when it returns the (K,) losses.
+    task_heads: K when ``heads_fn`` gives one task's loss at a time,
+      ``heads_fn(params, z, task, *args)`` (above); None when it returns the
+      (K,) losses.
+    num_tasks: the former name of ``task_heads`` (deprecated: it does not
+      set the number of tasks but how ``heads_fn`` is called).
 
   Returns:
-    ``grad_fn(params, *args, init=None)`` returning a
-    :class:`WeightedGrad`.
+    ``grad_fn(params, *args, init=None, state=None)``.
 
   Examples:
     >>> import functools, jax, jax.numpy as jnp
@@ -96,12 +107,14 @@ def representation_grad(
     >>> def heads(params, z, x, y):
     ...   pred = model.apply(params, z, method=model.decode)  # (K, B, 1)
     ...   return jnp.mean((pred - y) ** 2, axis=(1, 2))
-    >>> grad_fn = jax.jit(fairgrad_jax.representation_grad(
-    ...     encoder, heads,
-    ...     functools.partial(fairgrad_jax.fairgrad_weights, alpha=1.0)))
-    >>> losses, update, weights = grad_fn(params, x, y)
+    >>> grad_fn = fairgrad_jax.representation_grad(
+    ...     encoder, heads, fairgrad_jax.fairgrad_weighting(alpha=1.0))
+    >>> losses, update, weights = jax.jit(grad_fn)(params, x, y)
     >>> weights.shape, jax.tree.structure(update) == jax.tree.structure(params)
     ((3,), True)
+    >>> out, state = jax.jit(grad_fn)(params, x, y, state=grad_fn.init(3))
+    >>> bool(state.extra.converged)
+    True
 
   References:
     Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization",
@@ -113,13 +126,24 @@ def representation_grad(
   _autogram.check_weights_fn(weights_fn)
   if not all(callable(f) for f in (encoder_fn, heads_fn, weights_fn)):
     raise ValueError("encoder_fn, heads_fn and weights_fn must be callables.")
-  if num_tasks is not None and (
-      not isinstance(num_tasks, int) or isinstance(num_tasks, bool)
-      or num_tasks < 1):
-    raise ValueError(f"num_tasks must be a positive int or None, got"
-                     f" {num_tasks!r}.")
+  if num_tasks is not None:
+    if task_heads is not None:
+      raise ValueError("give task_heads=K only (num_tasks is its deprecated"
+                       " name).")
+    warnings.warn(
+        "representation_grad(num_tasks=K) is now task_heads=K (it switches"
+        " heads_fn to one task at a time); num_tasks will be removed in the"
+        " next minor release.", DeprecationWarning, stacklevel=2)
+    task_heads = _checks.num_tasks(num_tasks)
+  else:
+    try:
+      task_heads = _checks.num_tasks(task_heads)
+    except ValueError:
+      raise ValueError(f"task_heads must be a positive int or None, got"
+                       f" {task_heads!r}.") from None
+  num_tasks = task_heads
 
-  def grad_fn(params, *args, init=None):
+  def grad_fn(params, *args, init=None, state=None):
     z, encoder_vjp = jax.vjp(lambda p: encoder_fn(p, *args), params)
     if num_tasks is None:
       losses_of = lambda p, z: heads_fn(p, z, *args)
@@ -129,7 +153,7 @@ def representation_grad(
         loss = heads_fn(p, z, task, *args)
         if jnp.shape(loss) != ():
           raise ValueError(
-              "with num_tasks given, heads_fn(params, z, task, *args) must"
+              "with task_heads given, heads_fn(params, z, task, *args) must"
               f" return the scalar loss of one task, got shape"
               f" {jnp.shape(loss)}.")
         return loss
@@ -150,16 +174,21 @@ def representation_grad(
       _, z_vjp = jax.vjp(lambda z: losses_of(params, z), z)
       jvp_fn = None
     mask = [True] * len(jax.tree.leaves(z))
-    gram = _autogram.gram_from_vjp(lambda ct: z_vjp(ct)[0], k, losses.dtype,
-                                   mask, chunk_size=chunk_size,
-                                   jvp_fn=jvp_fn, params=z,
-                                   task_grad_fn=task_grad)
-    weights = _autogram.call_weights_fn(weights_fn, gram, init, k)
+    gram_of = lambda: _autogram.gram_from_vjp(
+        lambda ct: z_vjp(ct)[0], k, losses.dtype, mask,
+        chunk_size=chunk_size, jvp_fn=jvp_fn, params=z,
+        task_grad_fn=task_grad)
+    weights, new_state = _autogram.gram_solve(weights_fn, gram_of, losses, k,
+                                              init=init, state=state)
     d_heads, d_z = heads_vjp(weights.astype(losses.dtype))
     (d_encoder,) = encoder_vjp(d_z)
     update = jax.tree.map(lambda a, b: (a + b).astype(a.dtype), d_heads,
                           d_encoder)
-    return _autogram.WeightedGrad(losses=losses, update=update,
-                                  weights=weights)
+    out = _autogram.WeightedGrad(losses=losses, update=update,
+                                 weights=weights)
+    if state is None:
+      return out
+    return out, _aggregator.keep_if_bad_step(weights_fn, update, new_state,
+                                             state)
 
-  return grad_fn
+  return _autogram.with_init(grad_fn, weights_fn)

@@ -1,7 +1,8 @@
 """Tests written against the mutants that survived tools/mutation.py.
 
 Each test names the mutmut mutants it kills (mutmut 3.8 names, run of
-2026-11-27 on fairgrad_jax/_weighting/{pcgrad,imtl_g,mgda}.py); the
+2026-11-27 on fairgrad_jax/_weighting/{pcgrad,imtl_g,mgda}.py, since
+moved to _methods/pcgrad.py, _methods/imtl_g.py, _solvers/mgda.py); the
 mutants left alive as equivalent are listed in tools/mutation.py's notes.
 """
 

@@ -14,7 +14,7 @@ reference from the plausible wrong implementations (running projections of
 the other tasks, the original g_i in the dot product, no shuffling, one order
 shared by all tasks) by far more than the tolerance, so that
 ``test_matches_reference`` fails on each of them (checked by running it on
-mutated copies of ``fairgrad_jax/_weighting/pcgrad.py``).
+mutated copies of ``fairgrad_jax/_methods/pcgrad.py``).
 
 Yu, Kumar, Gupta, Levine, Hausman & Finn, "Gradient Surgery for Multi-Task
 Learning", NeurIPS 2020, arXiv:2001.06782, Algorithm 1; the authors' code

@@ -7,7 +7,8 @@ Usage (needs the ``dev`` extra: ``pip install -e ".[test,dev]"``)::
 
 Copies the package and the tests into a temporary directory (the working
 tree is never touched), writes a ``[tool.mutmut]`` section into the copy's
-pyproject.toml that mutates ``fairgrad_jax/_weighting/<module>.py`` only,
+pyproject.toml that mutates the chosen modules only (``_methods/pcgrad.py``,
+``_methods/imtl_g.py``, ``_solvers/mgda.py``: MODULES below),
 runs ``mutmut run`` against a fast subset of the suite (TESTS below: the
 weighting tests by value, no training loops, FairGrad's and Nash-MTL's slow
 solves left out), then prints mutmut's
@@ -26,6 +27,9 @@ import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The pure weightings that the mutation run covers, by short name.
+MODULES = {"pcgrad": "_methods/pcgrad", "imtl_g": "_methods/imtl_g",
+           "mgda": "_solvers/mgda"}
 TESTS = [
     "tests/test_strength_pcgrad.py",
     "tests/test_strength_zero_task.py",
@@ -62,7 +66,7 @@ def main(argv=None):
   for name in ("fairgrad_jax", "tests", "pyproject.toml", "README.md"):
     src = ROOT / name
     (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-  only = [f"fairgrad_jax/_weighting/{m}.py" for m in args.modules]
+  only = [f"fairgrad_jax/{MODULES[m]}.py" for m in args.modules]
   with open(work / "pyproject.toml", "a", encoding="utf-8") as f:
     f.write(CONFIG.format(only=json.dumps(only), tests=json.dumps(TESTS)))
   mutmut = [sys.executable, "-m", "mutmut"]

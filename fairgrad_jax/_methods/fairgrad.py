@@ -1,64 +1,87 @@
-"""FairGrad and linear scalarization as optax aggregators."""
-
-from typing import NamedTuple
+"""FairGrad (Ban & Ji, 2024): the α-fair weighting and its optax aggregator."""
 
 import jax
-import jax.numpy as jnp
 from optax.experimental import aggregating
 
+from fairgrad_jax import _aggregator
 from fairgrad_jax import _gram
-from fairgrad_jax._aggregation import base
-from fairgrad_jax._weighting import fairgrad as fairgrad_weighting
+from fairgrad_jax._solvers import fairgrad as solver
 
 
-class FairGradInfo(NamedTuple):
-  """Diagnostics of the last weight solve, kept in ``state.extra``.
+def fairgrad_weighting(
+    alpha: float = 1.0,
+    *,
+    maxiter: int = 100,
+    tol: float = 1e-5,
+    regularization: float | None = None,
+) -> _aggregator.Weighting:
+  r"""FairGrad's :class:`Weighting`: the positive root of GᵀG w = w^(-1/α).
 
-  Attributes:
-    num_iterations: Newton iterations of the last solve (int32).
-    relative_residual: ‖GᵀG w - w^(-1/α)‖ / ‖w^(-1/α)‖ of the last weights.
-    converged: whether the last solve met its tolerance (bool; False before
-      the first update). Log it: a False means the weights are the best the
-      solver found, not the root (see :func:`fairgrad_solve`).
+  Solved on device by :func:`fairgrad_solve`, warm-started from the previous
+  step's weights; the state is the last solve's :class:`FairGradInfo`.
+  Task-specific leaves get the plain Σ_i g_i (``weight_heads=False``), as
+  in the authors' code.
+
+  Args:
+    alpha: fairness level α >= 0 (a Python number, checked here, or a traced
+      array under ``optax.inject_hyperparams``).
+    maxiter: Newton iterations per step, at most.
+    tol: the solver's tolerance on each task's relative residual.
+    regularization: λ in GᵀG + λ diag(GᵀG) (default: 10 machine epsilons).
+
+  Returns:
+    A :class:`Weighting` (``degree`` (1-α)/(1+α)).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import fairgrad_jax
+    >>> weighting = fairgrad_jax.fairgrad_weighting(alpha=1.0)
+    >>> weights, info = weighting(jnp.array([[4.0, 0.0], [0.0, 1.0]]))
+    >>> weights.round(4), bool(info.converged)
+    (Array([0.5, 1. ], dtype=float32), True)
+
+  References:
+    Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024,
+    arXiv:2402.15638 (Section 4, eq. 4).
   """
+  if not solver.is_traced(alpha):
+    alpha = solver.check_alpha(alpha)
+  return solver.alpha_fair_weighting(
+      "fairgrad", alpha, maxiter=maxiter, tol=tol,
+      regularization=regularization, weight_heads=False,
+      hyperparams={"alpha": alpha})
 
-  num_iterations: jax.Array
-  relative_residual: jax.Array
-  converged: jax.Array
 
+def fairgrad_weights(gram: jax.Array, alpha: float, **solver_kwargs
+                     ) -> jax.Array:
+  """FairGrad weights from a Gram matrix (a view of :func:`fairgrad_weighting`).
 
-def fairgrad_weighting_of(alpha, *, maxiter, tol, regularization,
-                          weight_heads=False) -> base.Weighting:
-  """The :class:`base.Weighting` of FairGrad at α (shared with Nash-MTL)."""
-  if not (isinstance(maxiter, int) and maxiter >= 1):
-    raise ValueError(
-        f"maxiter must be a positive int, got {maxiter!r} (with"
-        " optax.inject_hyperparams, pass static_args=('num_tasks', 'maxiter',"
-        " 'scale_by_num_tasks')).")
-  fairgrad_weighting.check_tol_and_regularization(tol, regularization)
-  traced = fairgrad_weighting.is_traced(alpha)
+  Args:
+    gram: (K, K) Gram matrix GᵀG of the task gradients.
+    alpha: fairness level α >= 0.
+    **solver_kwargs: ``init``, ``maxiter``, ``tol``, ``regularization`` of
+      :func:`fairgrad_solve`.
 
-  def init(num_tasks):
-    del num_tasks
-    return FairGradInfo(num_iterations=jnp.zeros((), jnp.int32),
-                        relative_residual=jnp.zeros((), jnp.float32),
-                        converged=jnp.zeros((), jnp.bool_))
+  Returns:
+    (K,) weights w with GᵀG w = w^(-1/α); the update is d = Σ_i w_i g_i.
+    Differentiable with respect to ``gram`` and ``alpha`` (implicitly).
 
-  def weights(gram, extra, *, init, losses):
-    del extra, losses
-    sol = fairgrad_weighting.fairgrad_solve(
-        gram, alpha, init=init, maxiter=maxiter, tol=tol,
-        regularization=regularization)
-    return sol.weights, FairGradInfo(
-        num_iterations=sol.num_iterations,
-        relative_residual=sol.relative_residual.astype(jnp.float32),
-        converged=sol.converged)
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> import fairgrad_jax
+    >>> g = jnp.array([[1.0, 0.0], [-0.5, 2.0]])  # two task gradients
+    >>> w = jax.jit(fairgrad_jax.fairgrad_weights, static_argnums=1)(
+    ...     g @ g.T, 2.0)
+    >>> d = w @ g
+    >>> bool(jnp.allclose(g @ d, w ** (-1 / 2.0), rtol=1e-4))  # (g_iᵀd)^-α = w_i
+    True
 
-  # w(cGᵀG) = c^(-α/(1+α)) w(GᵀG), so d(σG) = σ^((1-α)/(1+α)) d(G).
-  return base.Weighting(weights=weights, init=init,
-                        degree=(1.0 - alpha) / (1.0 + alpha),
-                        weight_heads=weight_heads,
-                        needs_gram=traced or alpha > 0)
+  References:
+    Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024,
+    arXiv:2402.15638, Section 4, eq. (4).
+  """
+  init = solver_kwargs.pop("init", None)
+  return fairgrad_weighting(alpha, **solver_kwargs)(gram, init=init)[0]
 
 
 def fairgrad(
@@ -78,7 +101,8 @@ def fairgrad(
   direction that maximises the α-fair utility Σ_i (g_iᵀd)^(1-α)/(1-α); its
   weights solve GᵀG w = w^(-1/α), w > 0 (Ban & Ji, eq. 4), here with a
   jittable, globally convergent damped Newton loop (see
-  :func:`fairgrad_solve`).
+  :func:`fairgrad_solve`). It is :func:`aggregator` on
+  :func:`fairgrad_weighting`.
   α = 0 is linear scalarization (d = Σ_i g_i), α = 1 proportional fairness
   (the Nash-MTL solution), α = 2 minimum potential delay, α → ∞ max-min
   fairness.
@@ -178,51 +202,8 @@ def fairgrad(
     Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024,
     arXiv:2402.15638 (Section 4, Algorithm 1).
   """
-  if not fairgrad_weighting.is_traced(alpha):
-    alpha = fairgrad_weighting.check_alpha(alpha)
-  weighting = fairgrad_weighting_of(alpha, maxiter=maxiter, tol=tol,
-                                    regularization=regularization)
-  hyperparams = {"alpha": alpha} | base.common_hyperparams(
-      num_tasks, shared, scale_by_num_tasks, max_norm)
-  return base.weighted_aggregator(
-      weighting, name="fairgrad", hyperparams=hyperparams,
+  return _aggregator.aggregator(
+      fairgrad_weighting(alpha, maxiter=maxiter, tol=tol,
+                         regularization=regularization),
       num_tasks=num_tasks, shared=shared,
       scale_by_num_tasks=scale_by_num_tasks, max_norm=max_norm)
-
-
-def linear_scalarization(
-    *,
-    num_tasks: int | None = None,
-    shared: _gram.Mask = None,
-) -> aggregating.Aggregator:
-  """Linear scalarization (LS): the sum of the task gradients, d = Σ_i g_i.
-
-  The gradient of Σ_i l_i; FairGrad with α = 0. Same calling convention as
-  :func:`fairgrad` (``shared`` only matters for the repr, every leaf gets the
-  sum).
-
-  Args:
-    num_tasks: K; when given, ``state.weights`` holds ones.
-    shared: accepted for a uniform interface.
-
-  Returns:
-    An :class:`optax.experimental.aggregating.Aggregator`.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> import fairgrad_jax
-    >>> agg = fairgrad_jax.linear_scalarization()
-    >>> grads = {"w": jnp.array([[1.0, 0.0], [0.0, 2.0]])}
-    >>> agg.update(grads, agg.init(None))[0]["w"]
-    Array([1., 2.], dtype=float32)
-  """
-
-  def weights(gram, extra, *, init, losses):
-    del init, losses
-    return jnp.ones(gram.shape[:1], gram.dtype), extra
-
-  return base.weighted_aggregator(
-      base.Weighting(weights=weights, degree=1.0, needs_gram=False),
-      name="linear_scalarization",
-      hyperparams=base.common_hyperparams(num_tasks, shared, False, None),
-      num_tasks=num_tasks, shared=shared)

@@ -30,7 +30,7 @@ def data_mesh(devices: Sequence[jax.Device] | None = None,
 
   Examples:
     >>> import fairgrad_jax
-    >>> mesh = fairgrad_jax.data_mesh()
+    >>> mesh = fairgrad_jax.sharding.data_mesh()
     >>> mesh.axis_names
     ('data',)
   """
@@ -41,14 +41,14 @@ def data_mesh(devices: Sequence[jax.Device] | None = None,
 def _check_axis(mesh, axis_name):
   if not isinstance(mesh, Mesh):
     raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. from"
-                    f" fairgrad_jax.data_mesh()), got {type(mesh).__name__}.")
+                    f" fairgrad_jax.sharding.data_mesh()), got {type(mesh).__name__}.")
   if axis_name not in mesh.axis_names:
     raise ValueError(
         f"The mesh has no axis {axis_name!r} to split the batch over; its"
         f" axes are {tuple(mesh.axis_names)}. Pass axis_name= naming the"
         " batch axis (e.g. axis_name="
         f"{mesh.axis_names[0]!r}), or build the mesh with"
-        " fairgrad_jax.data_mesh().")
+        " fairgrad_jax.sharding.data_mesh().")
 
 
 def shard_batch(batch, mesh: Mesh, axis_name: str = "data"):
@@ -102,7 +102,7 @@ def data_parallel(fn: Callable, mesh: Mesh | None = None, *,
     ...   return jnp.mean((x @ params - 1.0) ** 2, axis=0)  # (K,) = (2,)
     >>> weights_fn = functools.partial(fairgrad_jax.fairgrad_weights,
     ...                                alpha=2.0)
-    >>> step = fairgrad_jax.data_parallel(
+    >>> step = fairgrad_jax.sharding.data_parallel(
     ...     fairgrad_jax.weighted_grad(losses, weights_fn))
     >>> out = step(jnp.ones((3, 2)), jnp.ones((8, 3)))  # batch of 8
     >>> out.update.shape

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from fairgrad_jax import _checks
-from fairgrad_jax._weighting import _common
+from fairgrad_jax._solvers import _common
 
 
 class MGDASolution(NamedTuple):
@@ -27,11 +27,16 @@ class MGDASolution(NamedTuple):
       conflict with a task beyond round-off (d = 0 there).
     num_iterations: Frank–Wolfe iterations taken (int32; 0 for K <= 2).
     squared_norm: ‖Σ_i w_i g_i‖² = wᵀ(GᵀG)w, in the units of ``gram``.
+    converged: whether Frank–Wolfe met its tolerance (the last step changed
+      the weights by less than ``tol`` in the L1 norm) rather than stopping
+      at ``maxiter``; True for K <= 2 (closed form). False for a Gram
+      matrix that is not finite.
   """
 
   weights: jax.Array
   num_iterations: jax.Array
   squared_norm: jax.Array
+  converged: jax.Array
 
 
 def min_norm_2(v11, v12, v22):
@@ -95,8 +100,9 @@ def mgda_solve(gram: jax.Array, *, maxiter: int = 250, tol: float = 1e-5
   dtype = gram.dtype
   k = gram.shape[0]
   zero_it = jnp.zeros((), jnp.int32)
+  finite = jnp.all(jnp.isfinite(gram))
   if k == 1:
-    return MGDASolution(jnp.ones((1,), dtype), zero_it, gram[0, 0])
+    return MGDASolution(jnp.ones((1,), dtype), zero_it, gram[0, 0], finite)
 
   # The weights do not depend on the scale of G: work with max diag = 1.
   scale = jnp.max(jnp.diagonal(gram))
@@ -112,7 +118,7 @@ def mgda_solve(gram: jax.Array, *, maxiter: int = 250, tol: float = 1e-5
   w0 = jnp.zeros((k,), dtype).at[i].set(gamma[i, j]).at[j].add(1 - gamma[i, j])
   if k == 2:
     w0 = _common.zero_if_conflicting(a, w0)
-    return MGDASolution(w0, zero_it, w0 @ gram @ w0)
+    return MGDASolution(w0, zero_it, w0 @ gram @ w0, finite)
 
   def cond(carry):
     _, it, change = carry
@@ -126,37 +132,9 @@ def mgda_solve(gram: jax.Array, *, maxiter: int = 250, tol: float = 1e-5
     new = (g * w).at[t].add(1.0 - g)
     return new, it + 1, jnp.sum(jnp.abs(new - w))
 
-  w, it, _ = jax.lax.while_loop(cond, body,
-                                (w0, zero_it, jnp.asarray(jnp.inf, dtype)))
+  w, it, change = jax.lax.while_loop(
+      cond, body, (w0, zero_it, jnp.asarray(jnp.inf, dtype)))
   # At the optimum g_iᵀd >= ‖d‖² >= 0; a d that conflicts beyond round-off
   # only comes from a (numerically) Pareto-stationary point: d = 0 there.
   w = _common.zero_if_conflicting(a, w)
-  return MGDASolution(w, it, w @ gram @ w)
-
-
-def mgda_weights(gram: jax.Array, **solver_kwargs) -> jax.Array:
-  r"""MGDA weights from a Gram matrix: ``mgda_solve(gram).weights``.
-
-  The weights w ∈ Δ_K of the min-norm element Σ_i w_i g_i of the convex hull
-  of the task gradients (Sener & Koltun, eq. 3 and Algorithms 1–2).
-
-  Args:
-    gram: (K, K) Gram matrix GᵀG.
-    **solver_kwargs: ``maxiter``, ``tol`` of :func:`mgda_solve`.
-
-  Returns:
-    (K,) weights on the simplex.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> import fairgrad_jax
-    >>> g = jnp.array([[1.0, 0.0], [0.0, 2.0]])
-    >>> w = fairgrad_jax.mgda_weights(g @ g.T)  # closed form: 4/5 and 1/5
-    >>> [round(x, 4) for x in w.tolist()]
-    [0.8, 0.2]
-
-  References:
-    Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization",
-    NeurIPS 2018, arXiv:1810.04650.
-  """
-  return mgda_solve(gram, **solver_kwargs).weights
+  return MGDASolution(w, it, w @ gram @ w, finite & (change < tol))

@@ -71,7 +71,8 @@ import numpy as np
 
 from fairgrad_jax import _checks
 from fairgrad_jax import _jaxopt
-from fairgrad_jax._weighting import _common
+from fairgrad_jax import _aggregator
+from fairgrad_jax._solvers import _common
 
 # Below this fraction of the largest squared gradient norm, a task counts as
 # having a zero gradient. Norm ratios up to 1e15 stay in the solve.
@@ -598,8 +599,7 @@ def fairgrad_solve(
   traced = is_traced(alpha)
   if not traced:
     alpha = check_alpha(alpha)
-  if not (isinstance(maxiter, int) and maxiter >= 1):
-    raise ValueError(f"maxiter must be a positive int, got {maxiter!r}.")
+  _checks.int_hyperparameter("maxiter", maxiter, minimum=1)
   check_tol_and_regularization(tol, regularization)
   gram = _common.as_gram(gram, differentiable=True)
   dtype = gram.dtype
@@ -728,31 +728,50 @@ def _solve_weights(gram, alpha, init, maxiter, tol, regularization):
       iters, jnp.where(finite, rel_norm, nan), finite & converged)
 
 
-def fairgrad_weights(gram: jax.Array, alpha: float, **solver_kwargs
-                     ) -> jax.Array:
-  """FairGrad weights from a Gram matrix: ``fairgrad_solve(...).weights``.
+class FairGradInfo(NamedTuple):
+  """Diagnostics of the last weight solve (FairGrad's and Nash-MTL's state).
 
-  Args:
-    gram: (K, K) Gram matrix GᵀG of the task gradients.
-    alpha: fairness level α >= 0.
-    **solver_kwargs: ``init``, ``maxiter``, ``tol``, ``regularization`` of
-      :func:`fairgrad_solve`.
-
-  Returns:
-    (K,) weights w with GᵀG w = w^(-1/α); the update is d = Σ_i w_i g_i.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp
-    >>> import fairgrad_jax
-    >>> g = jnp.array([[1.0, 0.0], [-0.5, 2.0]])  # two task gradients
-    >>> w = jax.jit(fairgrad_jax.fairgrad_weights, static_argnums=1)(
-    ...     g @ g.T, 2.0)
-    >>> d = w @ g
-    >>> bool(jnp.allclose(g @ d, w ** (-1 / 2.0), rtol=1e-4))  # (g_iᵀd)^-α = w_i
-    True
-
-  References:
-    Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024,
-    arXiv:2402.15638, Section 4, eq. (4).
+  Attributes:
+    num_iterations: Newton iterations of the last solve (int32).
+    relative_residual: ‖GᵀG w - w^(-1/α)‖ / ‖w^(-1/α)‖ of the last weights.
+    converged: whether the last solve met its tolerance (bool; False before
+      the first update). Log it: a False means the weights are the best the
+      solver found, not the root (see :func:`fairgrad_solve`).
   """
-  return fairgrad_solve(gram, alpha, **solver_kwargs).weights
+
+  num_iterations: jax.Array
+  relative_residual: jax.Array
+  converged: jax.Array
+
+
+def alpha_fair_weighting(name, alpha, *, maxiter, tol, regularization,
+                         weight_heads, hyperparams) -> _aggregator.Weighting:
+  """The :class:`Weighting` of the α-fair solve (FairGrad; Nash-MTL at α = 1).
+
+  Warm-started from the previous step's weights (``init``); its state is the
+  last solve's :class:`FairGradInfo`.
+  """
+  maxiter = _checks.int_hyperparameter("maxiter", maxiter, minimum=1)
+  check_tol_and_regularization(tol, regularization)
+  traced = is_traced(alpha)
+
+  def init(num_tasks):
+    del num_tasks
+    return FairGradInfo(num_iterations=jnp.zeros((), jnp.int32),
+                        relative_residual=jnp.zeros((), jnp.float32),
+                        converged=jnp.zeros((), jnp.bool_))
+
+  def apply(gram, state, *, losses, key, init):
+    del state, losses, key
+    sol = fairgrad_solve(gram, alpha, init=init, maxiter=maxiter, tol=tol,
+                         regularization=regularization)
+    return sol.weights, FairGradInfo(
+        num_iterations=sol.num_iterations,
+        relative_residual=sol.relative_residual.astype(jnp.float32),
+        converged=sol.converged)
+
+  # w(cGᵀG) = c^(-α/(1+α)) w(GᵀG), so d(σG) = σ^((1-α)/(1+α)) d(G).
+  return _aggregator.Weighting(
+      name=name, apply=apply, init=init, hyperparams=hyperparams,
+      degree=(1.0 - alpha) / (1.0 + alpha), weight_heads=weight_heads,
+      needs_gram=traced or alpha > 0)

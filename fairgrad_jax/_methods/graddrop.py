@@ -1,12 +1,18 @@
-"""GradDrop as an optax aggregator (elementwise, not a Gram weighting)."""
+"""GradDrop as an optax aggregator.
+
+GradDrop is the one method of the package that is not a :class:`Weighting`:
+it keeps or drops each coordinate of each task gradient, so its update is
+not Σ_i w_i g_i for any weights, and it needs the stacked gradients (no
+Gram-only or representation-level form).
+"""
 
 import jax
 import jax.numpy as jnp
 from optax.experimental import aggregating
 
+from fairgrad_jax import _aggregator
+from fairgrad_jax import _checks
 from fairgrad_jax import _gram
-from fairgrad_jax._aggregation import base
-from fairgrad_jax._aggregation.gradient_surgery import check_seed
 
 
 def graddrop(
@@ -51,14 +57,14 @@ def graddrop(
     Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout",
     NeurIPS 2020, arXiv:2010.06808.
   """
-  check_seed(seed)
-  base.check_num_tasks(num_tasks)
+  seed = _checks.seed(seed)
+  num_tasks = _checks.num_tasks(num_tasks)
 
   def init_fn(params):
     del params
     weights = (None if num_tasks is None
                else jnp.ones((num_tasks,), jnp.float32))
-    return base.AggregatorState(weights=weights,
+    return _aggregator.AggregatorState(weights=weights,
                                 extra=jax.random.PRNGKey(seed))
 
   def drop(x, key):
@@ -85,10 +91,9 @@ def graddrop(
     out = [drop(x, sub) if m else _gram.weighted_sum(ones, x)
            for x, m, sub in zip(leaves, mask, subs)]
     return (jax.tree.unflatten(treedef, out),
-            base.AggregatorState(weights=state.weights, extra=key))
+            _aggregator.AggregatorState(weights=state.weights, extra=key))
 
-  hyper = {"seed": seed} | base.common_hyperparams(num_tasks, shared, False,
-                                                   None)
-  args = ", ".join(f"{k}={v!r}" for k, v in hyper.items())
-  update_fn._fairgrad_repr = f"graddrop({args})"  # pylint: disable=protected-access
-  return base._Aggregator(init_fn, update_fn)  # pylint: disable=protected-access
+  return _aggregator.with_repr(
+      init_fn, update_fn, "graddrop",
+      {"seed": seed} | _aggregator.common_hyperparams(num_tasks, shared, False,
+                                                      None))
