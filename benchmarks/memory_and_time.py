@@ -98,7 +98,7 @@ def heads(params, z, x, y):
 
 
 def task_head(params, z, task, x, y):
-  """One task's loss from its own head (``representation_grad(num_tasks=K)``)."""
+  """One task's loss from its own head (``representation_grad(task_heads=K)``)."""
   del x
   pred = z @ params["heads"][task]  # (B,)
   return jnp.mean((pred - y[:, task]) ** 2)

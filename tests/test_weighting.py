@@ -1,0 +1,314 @@
+"""The public Weighting: one method, three modes (issue 10).
+
+Every weighting of the package runs stacked (``fj.aggregator``), Gram-only
+(``fj.weighted_grad``) and representation-level (``fj.representation_grad``)
+with its state carried from step to step; on the same step sequence the
+three give the same weights, state and update.
+"""
+
+import ast
+import pathlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fairgrad_jax as fj
+
+K = 3
+# name -> weighting; each with the aggregator factory it must match.
+WEIGHTINGS = {
+    "linear_scalarization": fj.linear_scalarization_weighting,
+    "fairgrad": lambda: fj.fairgrad_weighting(alpha=2.0),
+    "nash_mtl": fj.nash_mtl_weighting,
+    "mgda": fj.mgda_weighting,
+    "mgda_loss+": lambda: fj.mgda_weighting("loss+"),
+    "pcgrad": lambda: fj.pcgrad_weighting(seed=3),
+    "cagrad": fj.cagrad_weighting,
+    "imtl_g": fj.imtl_g_weighting,
+    "rlw": lambda: fj.rlw_weighting(seed=1),
+    "dwa": fj.dwa_weighting,
+    "uw": fj.uw_weighting,
+    "scale_invariant": fj.scale_invariant_weighting,
+    "famo": fj.famo_weighting,
+}
+NAMES = sorted(WEIGHTINGS)
+# Frank–Wolfe / projected gradient stop on a weight change, not at the
+# optimum; the Gram matrices of the modes differ in the last bits.
+RTOL = {"mgda": 1e-3, "mgda_loss+": 1e-3, "cagrad": 1e-3}
+# ... so their updates agree to that tolerance relative to ‖d‖ (entries
+# of d near 0 then differ by more than rtol of themselves).
+ATOL = {"mgda": 1e-4, "mgda_loss+": 1e-4, "cagrad": 1e-4}
+MASK = {"w1": True, "w2": False}  # w2 holds the three task heads
+
+
+def _params():
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  return {"w1": jax.random.normal(k1, (4, 5)) / 2,
+          "w2": jax.random.normal(k2, (5, K)) / 2}
+
+
+_X = jax.random.normal(jax.random.PRNGKey(1), (6, 4))
+_T = jnp.array([1.0, -1.0, 0.5])
+
+
+def _encoder(params, x):
+  return jnp.tanh(x @ params["w1"])
+
+
+def _heads(params, z, x):
+  del x
+  return jnp.mean((z @ params["w2"] - _T) ** 2, axis=0) + 0.1
+
+
+def _losses(params, x):
+  return _heads(params, _encoder(params, x), x)
+
+
+def _info(extra):
+  return isinstance(extra, (fj.FairGradInfo, fj.MGDAInfo, fj.CAGradInfo))
+
+
+def _assert_states_close(a, b, rtol):
+  np.testing.assert_allclose(a.weights, b.weights, rtol=rtol, atol=1e-6)
+  if _info(a.extra):
+    # Diagnostics: the same verdict (iteration counts may differ by one).
+    assert bool(a.extra.converged) == bool(b.extra.converged)
+  else:
+    chex.assert_trees_all_close(a.extra, b.extra, rtol=rtol, atol=1e-6)
+
+
+def _steps(name, shared):
+  """(stacked aggregator, jitted stacked step, jitted Gram-only step)."""
+  weighting = WEIGHTINGS[name]()
+  agg = fj.aggregator(weighting, num_tasks=K, shared=shared)
+
+  @jax.jit
+  def stacked(params, state):
+    grads = jax.jacrev(_losses)(params, _X)
+    losses = _losses(params, _X)
+    return agg.update(grads, state, params, losses=losses)
+
+  grad_fn = fj.weighted_grad(_losses, weighting, shared=shared)
+  gram_only = jax.jit(lambda p, s: grad_fn(p, _X, state=s))
+  return agg, stacked, grad_fn, gram_only
+
+
+@pytest.mark.parametrize("shared", [None, MASK], ids=["all", "heads"])
+@pytest.mark.parametrize("name", NAMES)
+def test_gram_only_equals_stacked_step_after_step(name, shared):
+  agg, stacked, grad_fn, gram_only = _steps(name, shared)
+  rtol = RTOL.get(name, 1e-4)
+  params = _params()
+  s1, s2 = agg.init(params), grad_fn.init(K)
+  chex.assert_trees_all_equal(s1, s2)
+  for _ in range(3):
+    d1, s1 = stacked(params, s1)
+    (losses, d2, weights), s2 = gram_only(params, s2)
+    chex.assert_trees_all_close(d1, d2, rtol=rtol, atol=ATOL.get(name, 1e-6))
+    np.testing.assert_allclose(weights, s2.weights, rtol=1e-6)
+    _assert_states_close(s1, s2, rtol)
+    params = jax.tree.map(lambda p, d: p - 0.2 * d, params, d1)
+  assert np.all(np.isfinite(s1.weights)) and np.any(s1.weights != 0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_representation_level_equals_stacked_z_gradients(name):
+  """Representation-level weights are the method's on the stacked ∂l_i/∂z."""
+  weighting = WEIGHTINGS[name]()
+  agg = fj.aggregator(weighting, num_tasks=K)
+
+  @jax.jit
+  def stacked(params, state):
+    z = _encoder(params, _X)
+    z_grads = jax.jacrev(lambda z: _heads(params, z, _X))(z)  # (K, 6, 5)
+    losses = _losses(params, _X)
+    _, state = agg.update({"z": z_grads}, state, losses=losses)
+    d = jax.grad(lambda p: state.weights.astype(jnp.float32)
+                 @ _losses(p, _X))(params)
+    return d, state
+
+  grad_fn = fj.representation_grad(_encoder, _heads, weighting)
+  rep = jax.jit(lambda p, s: grad_fn(p, _X, state=s))
+  rtol = RTOL.get(name, 1e-4)
+  params = _params()
+  s1, s2 = agg.init(None), grad_fn.init(K)
+  for _ in range(3):
+    d1, s1 = stacked(params, s1)
+    (_, d2, _), s2 = rep(params, s2)
+    _assert_states_close(s1, s2, rtol)
+    chex.assert_trees_all_close(d1, d2, rtol=rtol, atol=ATOL.get(name, 1e-6))
+    params = jax.tree.map(lambda p, d: p - 0.2 * d, params, d1)
+
+
+# The factory each weighting's aggregator must reproduce (repr and update).
+FACTORIES = {
+    "linear_scalarization": lambda: fj.linear_scalarization(num_tasks=K),
+    "fairgrad": lambda: fj.fairgrad(2.0, num_tasks=K),
+    "nash_mtl": lambda: fj.nash_mtl(num_tasks=K, max_norm=None),
+    "mgda": lambda: fj.mgda(num_tasks=K),
+    "mgda_loss+": lambda: fj.mgda("loss+", num_tasks=K),
+    "pcgrad": lambda: fj.pcgrad(seed=3, num_tasks=K),
+    "cagrad": lambda: fj.cagrad(num_tasks=K),
+    "imtl_g": lambda: fj.imtl_g(num_tasks=K),
+    "rlw": lambda: fj.rlw(seed=1, num_tasks=K),
+    "dwa": lambda: fj.dwa(num_tasks=K),
+    "uw": lambda: fj.uw(num_tasks=K),
+    "scale_invariant": lambda: fj.scale_invariant(num_tasks=K),
+    "famo": lambda: fj.famo(num_tasks=K),
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_factory_is_the_builder_on_the_weighting(name):
+  built = fj.aggregator(WEIGHTINGS[name](), num_tasks=K)
+  factory = FACTORIES[name]()
+  assert repr(built) == repr(factory)
+  grads = jax.jacrev(_losses)(_params(), _X)
+  losses = _losses(_params(), _X)
+  d1, s1 = built.update(grads, built.init(None), losses=losses)
+  d2, s2 = factory.update(grads, factory.init(None), losses=losses)
+  chex.assert_trees_all_close(d1, d2)
+  chex.assert_trees_all_close(s1, s2)
+
+
+def test_every_exported_factory_is_in_the_property_table():
+  """Adding a method means one row in tests/test_properties.METHODS."""
+  import test_properties  # pylint: disable=g-import-not-at-top
+  factories = {name[:-len("_weighting")] for name in fj.__all__
+               if name.endswith("_weighting")} | {"graddrop"}
+  covered = {name.split("_")[0] if name.startswith(("fairgrad_", "mgda_"))
+             else name for name in test_properties.METHODS}
+  assert factories <= covered, factories - covered
+  assert set(WEIGHTINGS) >= factories - {"graddrop"}
+  for name in factories:
+    assert callable(getattr(fj, name)), name
+
+
+def test_uw_repr_shows_its_learning_rate():
+  # Before: "uw(optimizer=GradientTransformationExtraArgs(...), ...)".
+  assert repr(fj.uw(num_tasks=2)) == "uw(learning_rate=0.025, num_tasks=2)"
+  assert repr(fj.uw_weighting(0.1)) == "uw_weighting(learning_rate=0.1)"
+
+
+def test_weighting_call_and_key_override():
+  gram = jnp.array([[1.0, -0.5, 0.0], [-0.5, 1.0, 0.2], [0.0, 0.2, 2.0]])
+  weighting = fj.pcgrad_weighting(seed=0)
+  state = weighting.init(K)
+  w1, next_state = weighting(gram, state)
+  assert not np.array_equal(np.asarray(next_state), np.asarray(state))
+  # A key given to the call is used instead of the state's, which stays.
+  key = jax.random.PRNGKey(42)
+  w2, same = weighting(gram, state, key=key)
+  np.testing.assert_array_equal(np.asarray(same), np.asarray(state))
+  np.testing.assert_allclose(w2, fj.pcgrad_weights(gram, key), rtol=1e-6)
+  assert w1.shape == (K,)
+
+
+def test_custom_weighting_runs_in_every_mode():
+  def apply(gram, state, *, losses, key, init):
+    del key, init
+    return losses / jnp.sqrt(jnp.diagonal(gram)), state + 1
+
+  weighting = fj.Weighting(name="loss_over_norm", apply=apply,
+                           init=lambda k: jnp.zeros((), jnp.int32),
+                           degree=0.0, needs_losses=True)
+  agg = fj.aggregator(weighting, num_tasks=K)
+  assert repr(agg) == "loss_over_norm(num_tasks=3)"
+  grads = jax.jacrev(_losses)(_params(), _X)
+  losses = _losses(_params(), _X)
+  d1, s1 = agg.update(grads, agg.init(None), losses=losses)
+  grad_fn = fj.weighted_grad(_losses, weighting)
+  out, s2 = grad_fn(_params(), _X, state=grad_fn.init(K))
+  chex.assert_trees_all_close(d1, out.update, rtol=1e-4, atol=1e-6)
+  assert int(s1.extra) == int(s2.extra) == 1
+  with pytest.raises(ValueError, match="loss_over_norm needs the task losses"):
+    agg.update(grads, agg.init(None))
+
+
+def test_misuse_is_refused_by_name():
+  with pytest.raises(TypeError, match="must be a fairgrad_jax.Weighting"):
+    fj.aggregator(fj.fairgrad_weights)
+  with pytest.raises(TypeError, match="apply must be callable"):
+    fj.Weighting(name="x", apply=None)
+  with pytest.raises(ValueError, match="dwa keeps per-task state"):
+    fj.aggregator(fj.dwa_weighting())
+  with pytest.raises(ValueError, match="maxiter"):
+    fj.fairgrad(maxiter=True)
+  with pytest.raises(ValueError, match="maxiter"):
+    fj.fairgrad_weighting(maxiter=0)
+  grad_fn = fj.weighted_grad(_losses, fj.fairgrad_weighting())
+  with pytest.raises(ValueError, match="init= or state="):
+    grad_fn(_params(), _X, init=jnp.ones(K), state=grad_fn.init(K))
+  plain = fj.weighted_grad(_losses, lambda g: jnp.ones(g.shape[0]))
+  with pytest.raises(ValueError, match="plain function"):
+    plain(_params(), _X, state=grad_fn.init(K))
+  with pytest.raises(ValueError, match="task_heads"):
+    fj.representation_grad(_encoder, _heads, fj.mgda_weighting(),
+                           task_heads=0)
+
+
+def test_solver_status_reports_maxiter():
+  # Conflicting tasks: Frank–Wolfe needs more than one step.
+  g = jnp.array([[1.0, 0.0, 0.0], [-0.6, 1.0, 0.0], [0.3, -0.8, 1.0],
+                 [0.2, 0.1, -1.5]])
+  gram = g @ g.T
+  assert bool(fj.mgda_weighting()(gram)[1].converged)
+  assert not bool(fj.mgda_weighting(maxiter=1)(gram)[1].converged)
+  assert not bool(fj.mgda_solve(gram, maxiter=1).converged)
+  assert bool(fj.cagrad_weighting()(gram)[1].converged)
+  assert not bool(fj.cagrad_weighting(maxiter=1)(gram)[1].converged)
+  # Four tasks in three dimensions have no FairGrad root (rank deficient:
+  # the regularized one is returned, not converged); in four they do.
+  assert not bool(fj.fairgrad_weighting(5.0)(gram)[1].converged)
+  g = jnp.concatenate([g, jnp.array([[0.0], [0.0], [0.0], [0.5]])], axis=1)
+  gram = g @ g.T
+  assert bool(fj.fairgrad_weighting(5.0)(gram)[1].converged)
+  assert not bool(fj.fairgrad_weighting(5.0, maxiter=1)(gram)[1].converged)
+  # Frank–Wolfe zigzags on this one: MGDA's status says it hit maxiter.
+  info = fj.mgda_weighting()(gram)[1]
+  assert not bool(info.converged) and int(info.num_iterations) == 250
+
+
+def test_sharding_module_and_deprecated_names():
+  for name in ("data_mesh", "data_parallel", "replicate", "shard_batch"):
+    with pytest.warns(DeprecationWarning, match=f"sharding.{name}"):
+      assert getattr(fj, name) is getattr(fj.sharding, name)
+  with pytest.raises(AttributeError):
+    fj.no_such_name  # pylint: disable=pointless-statement
+  assert fj.__all__ == sorted(fj.__all__)
+  with pytest.warns(DeprecationWarning, match="task_heads"):
+    fj.representation_grad(_encoder, _heads, fj.mgda_weighting(),
+                           num_tasks=K)
+
+
+_PACKAGE = pathlib.Path(fj.__file__).parent
+
+
+def _imports(path):
+  tree = ast.parse(path.read_text())
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      names.add(node.module)
+      names.update(f"{node.module}.{a.name}" for a in node.names)
+    elif isinstance(node, ast.Import):
+      names.update(a.name for a in node.names)
+  return names
+
+
+def test_no_method_module_imports_another():
+  methods = sorted(p for p in (_PACKAGE / "_methods").glob("*.py")
+                   if not p.name.startswith("_"))
+  assert len(methods) == 13
+  for path in methods:
+    siblings = {f"fairgrad_jax._methods.{p.stem}" for p in methods} - {
+        f"fairgrad_jax._methods.{path.stem}"}
+    assert not _imports(path) & siblings, path.name
+  # The builder and the solvers never import a method.
+  for path in [_PACKAGE / "_aggregator.py", *(_PACKAGE / "_solvers").glob(
+      "*.py")]:
+    assert not any(name.startswith("fairgrad_jax._methods")
+                   for name in _imports(path)), path.name
