@@ -150,12 +150,10 @@ def test_other_gram_weightings():
   params, x, y = _problem(5)
   _, gram = _stacked(params, x, y)
   key = jax.random.key(0)
-  fns = [getattr(fairgrad_jax, n) for n in (
-      "mgda_weights", "nash_mtl_weights", "cagrad_weights", "imtl_g_weights")
-         if hasattr(fairgrad_jax, n)]
-  if hasattr(fairgrad_jax, "pcgrad_weights"):
-    # A weighting that needs a key: build weighted_grad inside the step.
-    fns.append(functools.partial(fairgrad_jax.pcgrad_weights, key=key))
+  fns = [fairgrad_jax.mgda_weights, fairgrad_jax.nash_mtl_weights,
+         fairgrad_jax.cagrad_weights, fairgrad_jax.imtl_g_weights,
+         # A weighting that needs a key: build weighted_grad inside the step.
+         functools.partial(fairgrad_jax.pcgrad_weights, key=key)]
   fns.append(lambda g: 1.0 / jnp.sqrt(jnp.diag(g)))  # unit-norm averaging
   for fn in fns:
     out = jax.jit(fairgrad_jax.weighted_grad(_losses, fn, chunk_size=2))(
