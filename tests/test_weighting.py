@@ -267,9 +267,11 @@ def test_solver_status_reports_maxiter():
   gram = g @ g.T
   assert bool(fj.fairgrad_weighting(5.0)(gram)[1].converged)
   assert not bool(fj.fairgrad_weighting(5.0, maxiter=1)(gram)[1].converged)
-  # Frank–Wolfe zigzags on this one: MGDA's status says it hit maxiter.
+  # The authors' Frank–Wolfe step alone zigzags here until maxiter = 250;
+  # with the pairwise step the solve converges well before.
   info = fj.mgda_weighting()(gram)[1]
-  assert not bool(info.converged) and int(info.num_iterations) == 250
+  assert bool(info.converged) and int(info.num_iterations) < 100
+  assert not bool(fj.mgda_weighting(maxiter=3)(gram)[1].converged)
 
 
 def test_sharding_module_and_deprecated_names():

@@ -65,9 +65,15 @@ def mgda_solve(gram: jax.Array, *, maxiter: int = 250, tol: float = 1e-5
   Solves min_{w ∈ Δ_K} wᵀ(GᵀG)w. K = 1: w = 1. K = 2: the closed form of
   :func:`min_norm_2`. K > 2: Frank–Wolfe from the best pair of tasks; each
   step moves towards the vertex t = argmin_t (GᵀG w)_t with the exact line
-  search of :func:`min_norm_2`, and stops when the weights change by less
-  than ``tol`` in the L1 norm (the authors' ``STOP_CRIT``) or after
-  ``maxiter`` steps (their ``MAX_ITER`` = 250). Jittable and vmappable.
+  search of :func:`min_norm_2` (the authors' step), or moves weight from
+  the support's worst task to t (a pairwise step, exact line search)
+  when that lowers the norm more, and stops when the weights change by
+  less than ``tol`` in the L1 norm (the authors' ``STOP_CRIT``) or after
+  ``maxiter`` steps (their ``MAX_ITER`` = 250). The pairwise step is our
+  addition: with the authors' step alone a task that should leave the
+  support keeps a weight that shrinks only geometrically (10 tasks in 100
+  dimensions: a support task 90% above the optimum after 2000 steps);
+  with it the same minimiser is reached linearly. Jittable and vmappable.
 
   Args:
     gram: (K, K) Gram matrix GᵀG of the task gradients (symmetric PSD).
@@ -127,9 +133,23 @@ def mgda_solve(gram: jax.Array, *, maxiter: int = 250, tol: float = 1e-5
   def body(carry):
     w, it, _ = carry
     aw = a @ w
+    waw = w @ aw
     t = jnp.argmin(aw)
-    g, _ = min_norm_2(w @ aw, aw[t], a[t, t])
-    new = (g * w).at[t].add(1.0 - g)
+    # The authors' Frank–Wolfe step towards vertex t, exact line search.
+    g, fw_cost = min_norm_2(waw, aw[t], a[t, t])
+    fw = (g * w).at[t].add(1.0 - g)
+    # A pairwise step (Lacoste-Julien & Jaggi, NeurIPS 2015): move weight
+    # from the worst task of the support, s, to t. Plain Frank–Wolfe only
+    # shrinks a bad task's weight geometrically and zigzags (O(1/t)); with
+    # this step the iteration converges linearly to the same minimiser.
+    s = jnp.argmax(jnp.where(w > 0, aw, -jnp.inf))
+    curv = a[t, t] + a[s, s] - 2.0 * a[t, s]
+    slope = aw[s] - aw[t]  # >= 0
+    step = jnp.clip(slope / jnp.where(curv > 0, curv, 1.0), 0.0, w[s])
+    step = jnp.where(curv > 0, step, jnp.where(slope > 0, w[s], 0.0))
+    pw_cost = waw - 2.0 * step * slope + step ** 2 * curv
+    pw = w.at[s].add(-step).at[t].add(step)
+    new = jnp.where(pw_cost < fw_cost, pw, fw)
     return new, it + 1, jnp.sum(jnp.abs(new - w))
 
   w, it, change = jax.lax.while_loop(
