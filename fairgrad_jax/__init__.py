@@ -30,6 +30,10 @@ from fairgrad_jax._methods.cagrad import cagrad
 from fairgrad_jax._methods.cagrad import cagrad_weighting
 from fairgrad_jax._methods.cagrad import cagrad_weights
 from fairgrad_jax._methods.cagrad import CAGradInfo
+from fairgrad_jax._methods.dualproj import dualproj
+from fairgrad_jax._methods.dualproj import dualproj_weighting
+from fairgrad_jax._methods.dualproj import dualproj_weights
+from fairgrad_jax._methods.dualproj import DualProjInfo
 from fairgrad_jax._methods.dwa import dwa
 from fairgrad_jax._methods.dwa import dwa_weighting
 from fairgrad_jax._methods.dwa import DWAState
@@ -60,6 +64,10 @@ from fairgrad_jax._methods.rlw import rlw
 from fairgrad_jax._methods.rlw import rlw_weighting
 from fairgrad_jax._methods.scale_invariant import scale_invariant
 from fairgrad_jax._methods.scale_invariant import scale_invariant_weighting
+from fairgrad_jax._methods.upgrad import upgrad
+from fairgrad_jax._methods.upgrad import upgrad_weighting
+from fairgrad_jax._methods.upgrad import upgrad_weights
+from fairgrad_jax._methods.upgrad import UPGradInfo
 from fairgrad_jax._methods.uw import uw
 from fairgrad_jax._methods.uw import uw_weighting
 from fairgrad_jax._methods.uw import UWState
@@ -77,11 +85,13 @@ __all__ = sorted([
     "AggregatorState",
     "CAGradInfo",
     "DWAState",
+    "DualProjInfo",
     "FAMOState",
     "FairGradInfo",
     "FairGradSolution",
     "MGDAInfo",
     "MGDASolution",
+    "UPGradInfo",
     "UWState",
     "WeightedGrad",
     "Weighting",
@@ -89,6 +99,9 @@ __all__ = sorted([
     "cagrad",
     "cagrad_weighting",
     "cagrad_weights",
+    "dualproj",
+    "dualproj_weighting",
+    "dualproj_weights",
     "dwa",
     "dwa_weighting",
     "fair_loss",
@@ -123,6 +136,9 @@ __all__ = sorted([
     "shared_mask",
     "sharding",
     "task_gradients",
+    "upgrad",
+    "upgrad_weighting",
+    "upgrad_weights",
     "uw",
     "uw_weighting",
     "weighted_grad",
