@@ -368,6 +368,10 @@ def _gram_weighting_for(factory):
                 " functools.partial(fairgrad_jax.cagrad_weights, c=...))",
       "imtl_g": "fairgrad_jax.imtl_g_weighting() (or"
                 " fairgrad_jax.imtl_g_weights)",
+      "upgrad": "fairgrad_jax.upgrad_weighting() (or"
+                " fairgrad_jax.upgrad_weights)",
+      "dualproj": "fairgrad_jax.dualproj_weighting() (or"
+                  " fairgrad_jax.dualproj_weights)",
       "pcgrad": "fairgrad_jax.pcgrad_weighting(seed=...) (or"
                 " functools.partial(fairgrad_jax.pcgrad_weights, key=key))",
       "linear_scalarization":

@@ -28,6 +28,8 @@ WEIGHTINGS = {
     "pcgrad": lambda: fj.pcgrad_weighting(seed=3),
     "cagrad": fj.cagrad_weighting,
     "imtl_g": fj.imtl_g_weighting,
+    "upgrad": fj.upgrad_weighting,
+    "dualproj": fj.dualproj_weighting,
     "rlw": lambda: fj.rlw_weighting(seed=1),
     "dwa": fj.dwa_weighting,
     "uw": fj.uw_weighting,
@@ -153,6 +155,8 @@ FACTORIES = {
     "pcgrad": lambda: fj.pcgrad(seed=3, num_tasks=K),
     "cagrad": lambda: fj.cagrad(num_tasks=K),
     "imtl_g": lambda: fj.imtl_g(num_tasks=K),
+    "upgrad": lambda: fj.upgrad(num_tasks=K),
+    "dualproj": lambda: fj.dualproj(num_tasks=K),
     "rlw": lambda: fj.rlw(seed=1, num_tasks=K),
     "dwa": lambda: fj.dwa(num_tasks=K),
     "uw": lambda: fj.uw(num_tasks=K),
@@ -304,7 +308,7 @@ def _imports(path):
 def test_no_method_module_imports_another():
   methods = sorted(p for p in (_PACKAGE / "_methods").glob("*.py")
                    if not p.name.startswith("_"))
-  assert len(methods) == 13
+  assert len(methods) == 15
   for path in methods:
     siblings = {f"fairgrad_jax._methods.{p.stem}" for p in methods} - {
         f"fairgrad_jax._methods.{path.stem}"}
