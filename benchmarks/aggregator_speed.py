@@ -27,6 +27,8 @@ def methods(k):
       "pcgrad": fairgrad_jax.pcgrad(num_tasks=k),
       "cagrad": fairgrad_jax.cagrad(num_tasks=k),
       "imtl_g": fairgrad_jax.imtl_g(num_tasks=k),
+      "upgrad": fairgrad_jax.upgrad(num_tasks=k),
+      "dualproj": fairgrad_jax.dualproj(num_tasks=k),
       "nash_mtl": fairgrad_jax.nash_mtl(num_tasks=k),
       "graddrop": fairgrad_jax.graddrop(num_tasks=k),
       "rlw": fairgrad_jax.rlw(num_tasks=k),
