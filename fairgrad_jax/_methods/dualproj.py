@@ -12,8 +12,8 @@ one K-variable box QP (:func:`fairgrad_jax._solvers.qp`), solved exactly
 inside ``jit`` by an active-set method (TorchJD: quadprog on the host). As
 for UPGrad we follow TorchJD's code in normalising G by its trace and adding
 the ridge ``reg_eps``; with ``reg_eps > 0`` the update may conflict with task
-j by at most reg_eps · tr(G) · w_j, exactly non-conflicting for
-``reg_eps=0``.
+j by at most reg_eps · tr(G) · w_j; with ``reg_eps=0`` it is
+non-conflicting up to round-off.
 """
 
 from typing import NamedTuple, Sequence

@@ -1,6 +1,6 @@
 """UPGrad's weights: the average of each gradient projected onto the dual cone.
 
-Quinton & Rey (2024), Section 4 (Definition 3 and Proposition 1): UPGrad
+Quinton & Rey (2024) (π_J of their Equation 3; Proposition 1): UPGrad
 projects every task gradient g_i onto the dual cone {x : g_jᵀx >= 0 ∀j} of
 the gradients and averages the projections with the preference weights p
 (1/K by default): d = Σ_i p_i π(g_i). The projection of Jᵀu has the form Jᵀv
@@ -14,8 +14,8 @@ host). We follow TorchJD's code, not the paper, in normalising G by its
 trace and adding the ridge ``reg_eps`` (the paper's QP has neither); with
 ``reg_eps > 0`` the update may conflict with a task by at most
 reg_eps · tr(G) · w_j (g_jᵀd = (Gw)_j >= −reg_eps tr(G) w_j, from the KKT
-conditions of the regularised QP): exactly non-conflicting only for
-``reg_eps=0``.
+conditions of the regularised QP); with ``reg_eps=0`` it is
+non-conflicting up to round-off.
 """
 
 from typing import NamedTuple, Sequence
@@ -100,7 +100,7 @@ def upgrad_weighting(*, pref_vector: Sequence[float] | None = None,
 
   References:
     Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization",
-    arXiv:2406.16232, 2024 (Section 4, Proposition 1); TorchJD's
+    arXiv:2406.16232, 2024 (Equation 3, Proposition 1); TorchJD's
     ``UPGradWeighting``.
   """
   pref_vector = qp.check_pref_vector(pref_vector)
