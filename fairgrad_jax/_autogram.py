@@ -354,37 +354,30 @@ def check_losses(losses, what="losses_fn"):
 
 
 def _gram_weighting_for(factory):
-  """For an aggregator factory of this package: what to pass instead."""
+  """For an aggregator factory of this package: (name, what to pass instead).
+
+  Found by name: the factory ``fairgrad_jax.<name>`` of a method has the
+  constructor ``fairgrad_jax.<name>_weighting`` (GradDrop, which is not a
+  weighting, has none); None for anything else.
+  """
   # pylint: disable=g-import-not-at-top
   import fairgrad_jax
-  pairs = {
-      "fairgrad": "fairgrad_jax.fairgrad_weighting(alpha=...) (or"
-                  " functools.partial(fairgrad_jax.fairgrad_weights,"
-                  " alpha=...))",
-      "nash_mtl": "fairgrad_jax.nash_mtl_weighting() (or"
-                  " fairgrad_jax.nash_mtl_weights)",
-      "mgda": "fairgrad_jax.mgda_weighting() (or fairgrad_jax.mgda_weights)",
-      "cagrad": "fairgrad_jax.cagrad_weighting(c=...) (or"
-                " functools.partial(fairgrad_jax.cagrad_weights, c=...))",
-      "imtl_g": "fairgrad_jax.imtl_g_weighting() (or"
-                " fairgrad_jax.imtl_g_weights)",
-      "upgrad": "fairgrad_jax.upgrad_weighting() (or"
-                " fairgrad_jax.upgrad_weights)",
-      "dualproj": "fairgrad_jax.dualproj_weighting() (or"
-                  " fairgrad_jax.dualproj_weights)",
-      "pcgrad": "fairgrad_jax.pcgrad_weighting(seed=...) (or"
-                " functools.partial(fairgrad_jax.pcgrad_weights, key=key))",
-      "linear_scalarization":
-          "fairgrad_jax.linear_scalarization_weighting()",
-      "graddrop": None,
-  }
-  for name in ("rlw", "dwa", "uw", "scale_invariant", "famo"):
-    pairs[name] = (f"fairgrad_jax.{name}_weighting() instead: it weights the"
-                   " losses, so there is no Gram weighting to form (the Gram"
-                   " matrix is skipped)")
-  for name, weighting in pairs.items():
-    if factory is getattr(fairgrad_jax, name):
-      return name, weighting
+  for name in fairgrad_jax.__all__:
+    if getattr(fairgrad_jax, name) is not factory or not callable(factory):
+      continue
+    constructor = getattr(fairgrad_jax, f"{name}_weighting", None)
+    if constructor is None:
+      if name == "graddrop":
+        return name, None
+      return None
+    instead = f"fairgrad_jax.{name}_weighting(...)"
+    if not constructor().needs_gram:
+      return name, (f"{instead} instead: it weights the losses, so there is"
+                    " no Gram weighting to form (the Gram matrix is"
+                    " skipped)")
+    if hasattr(fairgrad_jax, f"{name}_weights"):
+      instead += f" (or fairgrad_jax.{name}_weights, a plain function)"
+    return name, instead
   return None
 
 

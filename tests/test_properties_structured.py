@@ -55,6 +55,10 @@ def _step_imtl_g(g):
   return agg.update({"w": g}, agg.init(None))
 
 
+# FairGrad is not here: at Pareto-stationary inputs its regularized root
+# gives an update that conflicts with tasks (cosines down to -0.86 on these
+# shapes; issue 12, open). Zeroing d where the Gram matrix cannot resolve it
+# from 0 stops the toy trajectories short of the front, so it is not done.
 NON_CONFLICTING = {"mgda": _step_mgda, "cagrad_c1": _step_cagrad}
 SHAPES = [(5, 100, 3), (20, 10, 5), (10, 10, 10)]  # (K, n, rank)
 

@@ -159,6 +159,10 @@ def test_method_table_lists_every_factory():
   assert len(names) == len(set(names)) == 15, names
   for name in names:
     assert name in fj.__all__, name
+  # Exactly the exported factories: each weighting's, and GradDrop.
+  factories = {n[:-len("_weighting")] for n in fj.__all__
+               if n.endswith("_weighting")} | {"graddrop"}
+  assert set(names) == factories, set(names) ^ factories
 
 
 @pytest.mark.parametrize("row", _method_rows())
