@@ -129,14 +129,15 @@ def test_linear_scalarization_is_linear_in_each_task():
   np.testing.assert_allclose(d, c @ g, rtol=1e-6, atol=1e-6)
 
 
-def test_mgda_kkt_on_a_wide_shape():
-  """KKT of min_{w ∈ Δ} wᵀAw on a (10, 100) Jacobian of full rank.
+@pytest.mark.parametrize("k", [10, 50])
+def test_mgda_kkt_on_a_wide_shape(k):
+  """KKT of min_{w ∈ Δ} wᵀAw on a (k, 100) Jacobian of full rank.
 
   Primal feasibility (w >= 0, Σ w = 1); stationarity and complementary
   slackness: (Aw)_i >= wᵀAw for every i (the dual multipliers
   μ_i = 2((Aw)_i - wᵀAw) are >= 0), with equality where w_i > 0.
   """
-  g = jnp.asarray(_jacobian(4, 10, 100, 10))
+  g = jnp.asarray(_jacobian(4, k, 100, k))
   a = np.asarray(g @ g.T, np.float64)
   w = np.asarray(fj.mgda_weights(g @ g.T), np.float64)  # the defaults
   assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-5
