@@ -188,3 +188,23 @@ def test_reset_reproduces_the_trajectory(name):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # The steps differ from one another (the state or the input moved).
   assert not np.array_equal(first[0], first[-1])
+
+
+def test_zero_jacobians_of_another_shape():
+  """Every method: zero gradients give a zero, finite update.
+
+  tests/test_properties.py checks K = 3 tasks of its random shapes; here
+  K = 7 tasks in 3 dimensions (more tasks than dimensions) and a bias.
+  """
+  import test_properties  # pylint: disable=g-import-not-at-top
+  k, n = 7, 3
+  grads = {"w": jnp.zeros((k, n)), "b": jnp.zeros((k,))}
+  losses = jnp.linspace(1.0, 2.0, k)
+  for name in test_properties.NAMES:
+    agg = test_properties.METHODS[name][0](k)
+    update = jax.jit(agg.update)
+    state = agg.init(None)
+    for _ in range(2):
+      d, state = update(grads, state, losses=losses)
+    for leaf in jax.tree.leaves(d):
+      assert np.all(np.asarray(leaf) == 0), (name, leaf)
