@@ -14,7 +14,7 @@ Rows: one-task gradient (the memory reference), linear scalarization (the
 time reference), stacked FairGrad (``jax.jacrev`` + the :func:`fairgrad`
 aggregator), Gram-only FairGrad (:func:`weighted_grad`, chunk_size 1 and 8)
 and representation-level FairGrad (:func:`representation_grad`, with the
-(K,)-valued heads function and with one head per task, ``num_tasks=K``; the
+(K,)-valued heads function and with one head per task, ``task_heads=K``; the
 latter is the way to use it: each z-gradient runs its own head). FairGrad
 steps warm-start from the previous step's weights, as in training.
 
@@ -192,7 +192,7 @@ def make_steps(problem, k, alpha):
     return out.update, out.weights
 
   per_task_fn = fairgrad_jax.representation_grad(
-      problem.encoder, problem.task_head, weights_fn, num_tasks=k)
+      problem.encoder, problem.task_head, weights_fn, task_heads=k)
 
   def representation_per_task(params, x, y, init):
     out = per_task_fn(params, x, y, init=init)
