@@ -28,19 +28,6 @@ _EPS = 1e-8
 # point): λ = 0 (TorchJD's ``norm_eps``). Ten times the floor √_EPS that the
 # smoothing puts on the dual solve's resolution of ‖g_w‖.
 _NORM_EPS = 1e-3
-
-
-def project_simplex(v: jax.Array) -> jax.Array:
-  """Euclidean projection onto the probability simplex (sort-based)."""
-  k = v.shape[0]
-  u = jnp.sort(v)[::-1]
-  css = jnp.cumsum(u) - 1.0
-  ind = jnp.arange(1, k + 1, dtype=v.dtype)
-  rho = jnp.max(jnp.where(u - css / ind > 0, ind, 0.0))
-  theta = css[rho.astype(jnp.int32) - 1] / rho
-  return jnp.maximum(v - theta, 0.0)
-
-
 # L1 change of the weights under one more projected-gradient step below
 # which the dual solve counts as converged (MGDA's Frank–Wolfe tolerance).
 _TOL = 1e-5
