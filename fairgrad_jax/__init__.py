@@ -43,10 +43,15 @@ from fairgrad_jax._methods.fairgrad import fairgrad_weights
 from fairgrad_jax._methods.famo import famo
 from fairgrad_jax._methods.famo import famo_weighting
 from fairgrad_jax._methods.famo import FAMOState
+from fairgrad_jax._methods.geometric_mean import geometric_mean
+from fairgrad_jax._methods.geometric_mean import geometric_mean_weighting
 from fairgrad_jax._methods.graddrop import graddrop
 from fairgrad_jax._methods.imtl_g import imtl_g
 from fairgrad_jax._methods.imtl_g import imtl_g_weighting
 from fairgrad_jax._methods.imtl_g import imtl_g_weights
+from fairgrad_jax._methods.imtl_l import imtl_l
+from fairgrad_jax._methods.imtl_l import imtl_l_weighting
+from fairgrad_jax._methods.imtl_l import IMTLLState
 from fairgrad_jax._methods.linear_scalarization import linear_scalarization
 from fairgrad_jax._methods.linear_scalarization import (
     linear_scalarization_weighting)
@@ -64,6 +69,9 @@ from fairgrad_jax._methods.rlw import rlw
 from fairgrad_jax._methods.rlw import rlw_weighting
 from fairgrad_jax._methods.scale_invariant import scale_invariant
 from fairgrad_jax._methods.scale_invariant import scale_invariant_weighting
+from fairgrad_jax._methods.stch import stch
+from fairgrad_jax._methods.stch import stch_weighting
+from fairgrad_jax._methods.stch import STCHState
 from fairgrad_jax._methods.upgrad import upgrad
 from fairgrad_jax._methods.upgrad import upgrad_weighting
 from fairgrad_jax._methods.upgrad import upgrad_weights
@@ -89,8 +97,10 @@ __all__ = sorted([
     "FAMOState",
     "FairGradInfo",
     "FairGradSolution",
+    "IMTLLState",
     "MGDAInfo",
     "MGDASolution",
+    "STCHState",
     "UPGradInfo",
     "UWState",
     "WeightedGrad",
@@ -111,11 +121,15 @@ __all__ = sorted([
     "fairgrad_weights",
     "famo",
     "famo_weighting",
+    "geometric_mean",
+    "geometric_mean_weighting",
     "graddrop",
     "gram_matrix",
     "imtl_g",
     "imtl_g_weighting",
     "imtl_g_weights",
+    "imtl_l",
+    "imtl_l_weighting",
     "linear_scalarization",
     "linear_scalarization_weighting",
     "mgda",
@@ -135,6 +149,8 @@ __all__ = sorted([
     "scale_invariant_weighting",
     "shared_mask",
     "sharding",
+    "stch",
+    "stch_weighting",
     "task_gradients",
     "upgrad",
     "upgrad_weighting",
