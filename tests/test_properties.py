@@ -40,6 +40,12 @@ METHODS = {
     "scale_invariant": (
         lambda k: fairgrad_jax.scale_invariant(num_tasks=k), 1.0, True, False),
     "famo": (lambda k: fairgrad_jax.famo(num_tasks=k), 1.0, True, False),
+    # A one-step warm-up and one averaging step: the third step is STCH.
+    "stch": (lambda k: fairgrad_jax.stch(warmup_steps=1, average_steps=1,
+                                         num_tasks=k), 1.0, True, False),
+    "imtl_l": (lambda k: fairgrad_jax.imtl_l(num_tasks=k), 1.0, True, False),
+    "geometric_mean": (lambda k: fairgrad_jax.geometric_mean(num_tasks=k),
+                       1.0, True, False),
 }
 NAMES = sorted(METHODS)
 DETERMINISTIC = [n for n in NAMES if METHODS[n][2]]
