@@ -52,7 +52,8 @@ def _unseeded(weighting: fj.Weighting) -> Callable[[int], fj.Weighting]:
 
 
 def default_methods(alphas: Sequence[float] = (1.0, 2.0, 5.0)) -> list[Method]:
-  """STL, LS, MGDA, PCGrad, CAGrad, Nash-MTL, FAMO and FairGrad per α.
+  """STL, LS, MGDA, PCGrad, CAGrad, Nash-MTL, FAMO, STCH, IMTL-L, GLS and
+  FairGrad per α.
 
   Each with its factory's hyperparameters: CAGrad's c = 0.4, Nash-MTL's
   update clipped to norm 1 (as :func:`fairgrad_jax.nash_mtl`).
@@ -66,6 +67,9 @@ def default_methods(alphas: Sequence[float] = (1.0, 2.0, 5.0)) -> list[Method]:
       Method("Nash-MTL", _unseeded(fj.nash_mtl_weighting()),
              {"max_norm": 1.0}),
       Method("FAMO", _unseeded(fj.famo_weighting())),
+      Method("STCH", _unseeded(fj.stch_weighting())),
+      Method("IMTL-L", _unseeded(fj.imtl_l_weighting())),
+      Method("GLS", _unseeded(fj.geometric_mean_weighting())),
   ] + [Method(f"FairGrad α={a:g}", _unseeded(fj.fairgrad_weighting(float(a))))
        for a in alphas]
 

@@ -28,6 +28,10 @@ FACTORY_CALLS = {
     "Nash-MTL": lambda k, shared, seed: fj.nash_mtl(
         num_tasks=k, shared=shared),
     "FAMO": lambda k, shared, seed: fj.famo(num_tasks=k, shared=shared),
+    "STCH": lambda k, shared, seed: fj.stch(num_tasks=k, shared=shared),
+    "IMTL-L": lambda k, shared, seed: fj.imtl_l(num_tasks=k, shared=shared),
+    "GLS": lambda k, shared, seed: fj.geometric_mean(
+        num_tasks=k, shared=shared),
     "FairGrad α=1": lambda k, shared, seed: fj.fairgrad(
         alpha=1.0, num_tasks=k, shared=shared),
     "FairGrad α=2": lambda k, shared, seed: fj.fairgrad(
