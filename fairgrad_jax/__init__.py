@@ -26,10 +26,16 @@ from fairgrad_jax._autogram import WeightedGrad
 from fairgrad_jax._gram import gram_matrix
 from fairgrad_jax._losses import fair_loss
 from fairgrad_jax._masks import shared_mask
+from fairgrad_jax._methods.aligned_mtl import aligned_mtl
+from fairgrad_jax._methods.aligned_mtl import aligned_mtl_weighting
+from fairgrad_jax._methods.aligned_mtl import aligned_mtl_weights
 from fairgrad_jax._methods.cagrad import cagrad
 from fairgrad_jax._methods.cagrad import cagrad_weighting
 from fairgrad_jax._methods.cagrad import cagrad_weights
 from fairgrad_jax._methods.cagrad import CAGradInfo
+from fairgrad_jax._methods.config import config
+from fairgrad_jax._methods.config import config_weighting
+from fairgrad_jax._methods.config import config_weights
 from fairgrad_jax._methods.dualproj import dualproj
 from fairgrad_jax._methods.dualproj import dualproj_weighting
 from fairgrad_jax._methods.dualproj import dualproj_weights
@@ -106,9 +112,15 @@ __all__ = sorted([
     "WeightedGrad",
     "Weighting",
     "aggregator",
+    "aligned_mtl",
+    "aligned_mtl_weighting",
+    "aligned_mtl_weights",
     "cagrad",
     "cagrad_weighting",
     "cagrad_weights",
+    "config",
+    "config_weighting",
+    "config_weights",
     "dualproj",
     "dualproj_weighting",
     "dualproj_weights",
