@@ -90,11 +90,14 @@ def stch_weighting(mu: float = 1.0, *, warmup_steps: int = 400,
     z = extra.loss_sum.astype(dtype) / average_steps
     z_ok = jnp.all(jnp.isfinite(z) & (z > 0))
     z = jnp.where(z_ok, z, 1)
-    # log(l/z + ε) as log(l + εz) − log z: no overflow of l/z.
-    u = jnp.log(l + _EPS * z) - jnp.log(z)
+    # u = log(l/z + ε), in logs: no overflow of l/z, nor underflow of εz.
+    log_z = jnp.log(z)
+    u = jnp.logaddexp(jnp.log(l) - log_z, jnp.log(jnp.asarray(_EPS, dtype)))
     # ∂/∂l_i of LibMTL's loss K μ log Σ_j exp(u_j/μ) (smooth Tchebycheff of
-    # the log-normalised losses): K softmax(u/μ)_i ∂u_i/∂l_i.
-    tch = k * jax.nn.softmax(u / mu) / (l + _EPS * z)
+    # the log-normalised losses): K softmax(u/μ)_i ∂u_i/∂l_i, with
+    # ∂u_i/∂l_i = 1/(l_i + ε z_i) = exp(−u_i − log z_i); in logs, so that
+    # a task with l_i = 0 and a tiny z_i gives its finite weight, not 0/0.
+    tch = k * jnp.exp(jax.nn.log_softmax(u / mu) - u - log_z)
     scalarizing = extra.count >= start
     w = jnp.where(scalarizing, tch, warm)
     averaging = (extra.count >= warmup_steps) & ~scalarizing
