@@ -30,6 +30,10 @@ METHODS = {
     "upgrad": (lambda k: fairgrad_jax.upgrad(num_tasks=k), 1.0, True, True),
     "dualproj": (lambda k: fairgrad_jax.dualproj(num_tasks=k), 1.0, True,
                  True),
+    "aligned_mtl": (lambda k: fairgrad_jax.aligned_mtl(num_tasks=k), 1.0, True,
+                    False),
+    # Non-conflicting for independent gradients (these are).
+    "config": (lambda k: fairgrad_jax.config(num_tasks=k), 1.0, True, True),
     "nash_mtl": (lambda k: fairgrad_jax.nash_mtl(num_tasks=k), 0.0, True,
                  True),
     "graddrop": (lambda k: fairgrad_jax.graddrop(num_tasks=k), 1.0, False,
