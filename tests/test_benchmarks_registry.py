@@ -32,6 +32,12 @@ FACTORY_CALLS = {
     "IMTL-L": lambda k, shared, seed: fj.imtl_l(num_tasks=k, shared=shared),
     "GLS": lambda k, shared, seed: fj.geometric_mean(
         num_tasks=k, shared=shared),
+    "UPGrad": lambda k, shared, seed: fj.upgrad(num_tasks=k, shared=shared),
+    "DualProj": lambda k, shared, seed: fj.dualproj(
+        num_tasks=k, shared=shared),
+    "Aligned-MTL": lambda k, shared, seed: fj.aligned_mtl(
+        num_tasks=k, shared=shared),
+    "ConFIG": lambda k, shared, seed: fj.config(num_tasks=k, shared=shared),
     "FairGrad α=1": lambda k, shared, seed: fj.fairgrad(
         alpha=1.0, num_tasks=k, shared=shared),
     "FairGrad α=2": lambda k, shared, seed: fj.fairgrad(
