@@ -36,6 +36,9 @@ from fairgrad_jax._methods.cagrad import CAGradInfo
 from fairgrad_jax._methods.config import config
 from fairgrad_jax._methods.config import config_weighting
 from fairgrad_jax._methods.config import config_weights
+from fairgrad_jax._methods.db_mtl import db_mtl
+from fairgrad_jax._methods.db_mtl import db_mtl_weighting
+from fairgrad_jax._methods.db_mtl import DBMTLState
 from fairgrad_jax._methods.dualproj import dualproj
 from fairgrad_jax._methods.dualproj import dualproj_weighting
 from fairgrad_jax._methods.dualproj import dualproj_weights
@@ -98,6 +101,7 @@ __version__ = "0.1.0"
 __all__ = sorted([
     "AggregatorState",
     "CAGradInfo",
+    "DBMTLState",
     "DWAState",
     "DualProjInfo",
     "FAMOState",
@@ -121,6 +125,8 @@ __all__ = sorted([
     "config",
     "config_weighting",
     "config_weights",
+    "db_mtl",
+    "db_mtl_weighting",
     "dualproj",
     "dualproj_weighting",
     "dualproj_weights",
