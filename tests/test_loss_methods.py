@@ -1,5 +1,5 @@
-"""STCH, IMTL-L and GLS (geometric_mean): LibMTL's values, closed forms,
-bad inputs and extreme losses.
+"""STCH, IMTL-L, GLS (geometric_mean) and DB-MTL: LibMTL's values, closed
+forms, bad inputs and extreme losses.
 
 The peer values come from ``tools/peer_reference_loss.py``, which reproduces
 LibMTL's code in NumPy float64 (torch is not a dependency) and writes
@@ -70,6 +70,33 @@ def _imtl_l_default(k):
   return fj.imtl_l(num_tasks=k)
 
 
+@functools.lru_cache(maxsize=None)
+def _db_mtl(beta, beta_sigma):
+  return lambda k: fj.db_mtl(beta, beta_sigma, num_tasks=k)
+
+
+@functools.lru_cache(maxsize=None)
+def _grads_runner(factory, k):
+  """A jitted scan of ``update`` over (T, K) losses and (T, K, P) grads."""
+  agg = factory(k)
+
+  @jax.jit
+  def run(losses_seq, grads_seq):
+    def step(state, xs):
+      losses, grads = xs
+      d, state = agg.update({"w": grads}, state, losses=losses)
+      return state, (d["w"], state.weights)
+    return jax.lax.scan(step, agg.init(None), (losses_seq, grads_seq))
+
+  return run
+
+
+def _run_grads(factory, losses_seq, grads_seq):
+  losses_seq = jnp.asarray(np.asarray(losses_seq, np.float32))
+  grads_seq = jnp.asarray(np.asarray(grads_seq, np.float32))
+  return _grads_runner(factory, losses_seq.shape[1])(losses_seq, grads_seq)
+
+
 # --- LibMTL's values -------------------------------------------------------
 
 
@@ -115,6 +142,43 @@ def test_gls_matches_the_gradient_of_libmtls_loss_not_its_log():
     # (documented in geometric_mean): the file shows the two differ.
     assert not np.allclose(case["gls"]["logged"], case["gls"]["weights"],
                            rtol=1e-2)
+
+
+def test_db_mtl_matches_libmtl_on_fixed_gradients():
+  # LibMTL keeps a K×P buffer of past log-loss gradients; with the same
+  # gradients at every step (only the losses change) it is c_i g_i.
+  for case in CASES:
+    for ref in case["db_mtl"]:
+      steps = len(case["losses"])
+      grads = np.broadcast_to(np.asarray(ref["grads"]),
+                              (steps,) + np.shape(ref["grads"]))
+      _, (d, _) = _run_grads(_db_mtl(ref["beta"], ref["beta_sigma"]),
+                             case["losses"], grads)
+      expected = np.asarray(ref["updates"])
+      scale = np.linalg.norm(expected, axis=-1, keepdims=True)
+      np.testing.assert_allclose(d / scale, expected / scale, atol=2e-5,
+                                 err_msg=f"{case['family']} {ref['beta']}")
+
+
+def test_db_mtl_matches_libmtl_without_buffer_on_moving_gradients():
+  for case in CASES:
+    ref = case["db_mtl_moving"]
+    _, (d, _) = _run_grads(_db_mtl(0.0, 0.0), case["losses"], ref["grads"])
+    expected = np.asarray(ref["updates"])
+    scale = np.linalg.norm(expected, axis=-1, keepdims=True)
+    np.testing.assert_allclose(d / scale, expected / scale, atol=2e-5)
+
+
+def test_db_mtl_terms_have_the_largest_norm():
+  g = np.array([[3.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.0]],
+               np.float32)
+  l = np.array([1.0, 0.25, 2.0], np.float32)
+  _, (d, w) = _run_grads(_db_mtl(0.9, 0.0), [l, l], [g, g])
+  # c = (1 − β^t) / l; max_j c_j ‖g_j‖ is task 0's 3 c_0 (c_1 ‖g_1‖ = 2 c_0).
+  for t in range(2):
+    c0 = (1 - 0.9 ** (t + 1)) / 1.0
+    np.testing.assert_allclose(d[t], [3 * c0, 3 * c0, 0.0], rtol=1e-5)
+    np.testing.assert_allclose(w[t], [c0, 6 * c0, 0.0], rtol=1e-5)
 
 
 def test_peer_file_covers_the_cases():
@@ -200,6 +264,10 @@ def test_imtl_l_is_uw_with_the_opposite_log_scale():
     (lambda: fj.imtl_l(-1.0, num_tasks=2), "learning_rate"),
     (lambda: fj.imtl_l(), "imtl_l keeps per-task state"),
     (lambda: fj.aggregator(fj.stch_weighting()), "stch keeps per-task"),
+    (lambda: fj.db_mtl(1.0, num_tasks=2), "beta"),
+    (lambda: fj.db_mtl(-0.1, num_tasks=2), "beta"),
+    (lambda: fj.db_mtl(0.9, -1.0, num_tasks=2), "beta_sigma"),
+    (lambda: fj.db_mtl(), "db_mtl keeps per-task state"),
 ])
 def test_bad_hyperparameters_are_refused_by_name(make, match):
   with pytest.raises(ValueError, match=match):
@@ -207,7 +275,7 @@ def test_bad_hyperparameters_are_refused_by_name(make, match):
 
 
 @pytest.mark.parametrize("factory", [
-    _stch(1.0, 0, 1), _imtl_l_default, _gls])
+    _stch(1.0, 0, 1), _imtl_l_default, _gls, _db_mtl(0.9, 0.0)])
 def test_losses_are_required(factory):
   agg = factory(2)
   with pytest.raises(ValueError, match="needs the task losses"):
@@ -221,6 +289,7 @@ def test_losses_are_required(factory):
     (_stch(1.0, 0, 1), np.inf),
     (_imtl_l_default, -1.0), (_imtl_l_default, np.nan),
     (_gls, 0.0), (_gls, -1.0), (_gls, np.inf),
+    (_db_mtl(0.9, 0.0), -1.0), (_db_mtl(0.9, 0.0), np.nan),
 ])
 def test_bad_losses_give_nan_and_keep_the_state(factory, bad):
   good = [1.0, 2.0]
@@ -248,7 +317,7 @@ def test_stch_zero_nadir_gives_nan_as_documented():
 def test_finite_on_zero_and_huge_losses():
   huge = [[3e38, 1e30, 1.0], [2e38, 1e-30, 1.0], [3e38, 0.0, 1e-30]]
   for factory in (_stch(1.0, 0, 1), _stch(1.0, 1, 1), _stch(0.01, 1, 1),
-                  _imtl_l_default):
+                  _imtl_l_default, _db_mtl(0.9, 0.0)):
     _, (d, _, _) = _run(factory, huge)
     assert np.all(np.isfinite(d)), (factory, d)
   _, (d, _, _) = _run(_stch(1.0, 1, 1), huge)
@@ -279,3 +348,5 @@ def test_reprs():
       "imtl_l(learning_rate=0.0001, num_tasks=2)")
   assert repr(fj.geometric_mean()) == "geometric_mean(num_tasks=None)"
   assert repr(fj.geometric_mean_weighting()) == "geometric_mean_weighting()"
+  assert repr(fj.db_mtl(num_tasks=2)) == (
+      "db_mtl(beta=0.9, beta_sigma=0.0, num_tasks=2)")

@@ -1,5 +1,5 @@
-"""LibMTL's STCH, IMTL (loss part) and GLS on seeded loss sequences: the peer
-reference for the loss-based methods.
+"""LibMTL's STCH, IMTL (loss part), GLS and DB-MTL on seeded loss sequences:
+the peer reference for the loss-based methods.
 
 Usage (needs a checkout of LibMTL, github.com/median-research-group/LibMTL;
 torch is not needed)::
@@ -35,6 +35,12 @@ What is reproduced (LibMTL/weighting/...):
 * ``GLS.py``: L = (Π l_i)^{1/K}. LibMTL also *returns* (logs) l_i / (K Π l),
   which is not ∂L/∂l_i; the file keeps both (``logged``) so that the tests
   can say so.
+* ``DB_MTL.py``: ĝ_i = ∇ log(l_i + 1e-8) = g_i / (l_i + 1e-8); the K×P
+  buffer b ← ĝ + β/t^σ (b − ĝ) from zeros; u_i = ‖b_i‖;
+  α = max u / (u + 1e-8); update Σ_i α_i b_i. With a fixed K×P Jacobian per
+  case (the losses change, the gradients do not: where fairgrad_jax's
+  ``db_mtl``, which keeps no gradient buffer, is exact), and with a new
+  Jacobian at every step for β = 0 (no buffer: exact too).
 
 Cases: K in {2, 3, 5}; loss sequences of ``STEPS`` steps in three families
 (``random``: uniform in [0.1, 3]; ``decreasing``: a per-task scale in
@@ -73,6 +79,16 @@ EXPECTED_LINES = {
     "IMTL.py": [
         "self.loss_scale = nn.Parameter(torch.tensor([0.0]*self.task_num,",
         "losses = self.loss_scale.exp()*losses - self.loss_scale",
+    ],
+    "DB_MTL.py": [
+        "batch_grads = self._compute_grad(torch.log(losses+1e-8), "
+        "mode='backward')",
+        "self.grad_buffer = batch_grads + (beta/self.step**beta_sigma) * "
+        "(self.grad_buffer - batch_grads)",
+        "u_grad = self.grad_buffer.norm(dim=-1)",
+        "alpha = u_grad.max() / (u_grad + 1e-8)",
+        "new_grads = sum([alpha[i] * self.grad_buffer[i] for i in "
+        "range(self.task_num)])",
     ],
     "GLS.py": [
         "loss = torch.pow(losses.prod(), 1./self.task_num)",
@@ -175,6 +191,25 @@ def gls(losses_seq):
   return weights, logged
 
 
+def db_mtl(losses_seq, grads_seq, beta, beta_sigma):
+  """LibMTL's DB_MTL.backward: the update of each step, Σ_i α_i b_i."""
+  k, p = grads_seq.shape[1:]
+  buffer = np.zeros((k, p))
+  updates = []
+  for step, (losses, grads) in enumerate(zip(losses_seq, grads_seq), 1):
+    # ∂ log(l_i + 1e-8) / ∂l_i by the complex step, times g_i.
+    dlog = grad_wrt(lambda l: np.sum(np.log(l + 1e-8)), losses)
+    batch = dlog[:, None] * grads
+    buffer = batch + (beta / step ** beta_sigma) * (buffer - batch)
+    u = np.linalg.norm(buffer, axis=-1)
+    alpha = u.max() / (u + 1e-8)
+    updates.append(sum(alpha[i] * buffer[i] for i in range(k)))
+  return np.array(updates)
+
+
+DB_P = 6
+DB_SETTINGS = [(0.9, 0.0), (0.5, 0.5), (0.0, 0.0)]  # (beta, beta_sigma)
+
 STCH_SETTINGS = [  # (mu, warmup_epoch, steps_per_epoch)
     (1.0, 2, 2), (0.5, 1, 3), (4.0, 0, 1)]
 IMTL_SETTINGS = [  # (lr, weight_decay): LibMTL's defaults, and a faster lr
@@ -210,6 +245,18 @@ def main():
                                "log_scales": s.tolist()})
       w, logged = gls(losses)
       case["gls"] = {"weights": w.tolist(), "logged": logged.tolist()}
+      jac = (10.0 ** rng.uniform(-1, 1, (k, 1))
+             * rng.standard_normal((k, DB_P)))
+      case["db_mtl"] = []
+      for beta, beta_sigma in DB_SETTINGS:
+        fixed = np.broadcast_to(jac, (STEPS, k, DB_P))
+        case["db_mtl"].append({
+            "beta": beta, "beta_sigma": beta_sigma, "grads": jac.tolist(),
+            "updates": db_mtl(losses, fixed, beta, beta_sigma).tolist()})
+      moving = rng.standard_normal((STEPS, k, DB_P))
+      case["db_mtl_moving"] = {
+          "beta": 0.0, "beta_sigma": 0.0, "grads": moving.tolist(),
+          "updates": db_mtl(losses, moving, 0.0, 0.0).tolist()}
       cases.append(case)
   out = {
       "generator": "tools/peer_reference_loss.py",
