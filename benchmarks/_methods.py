@@ -53,7 +53,7 @@ def _unseeded(weighting: fj.Weighting) -> Callable[[int], fj.Weighting]:
 
 def default_methods(alphas: Sequence[float] = (1.0, 2.0, 5.0)) -> list[Method]:
   """STL, LS, MGDA, PCGrad, CAGrad, Nash-MTL, FAMO, STCH, IMTL-L, GLS,
-  UPGrad, DualProj, Aligned-MTL, ConFIG and FairGrad per α.
+  DB-MTL, UPGrad, DualProj, Aligned-MTL, ConFIG and FairGrad per α.
 
   Each with its factory's hyperparameters: CAGrad's c = 0.4, Nash-MTL's
   update clipped to norm 1 (as :func:`fairgrad_jax.nash_mtl`).
@@ -70,6 +70,7 @@ def default_methods(alphas: Sequence[float] = (1.0, 2.0, 5.0)) -> list[Method]:
       Method("STCH", _unseeded(fj.stch_weighting())),
       Method("IMTL-L", _unseeded(fj.imtl_l_weighting())),
       Method("GLS", _unseeded(fj.geometric_mean_weighting())),
+      Method("DB-MTL", _unseeded(fj.db_mtl_weighting())),
       Method("UPGrad", _unseeded(fj.upgrad_weighting())),
       Method("DualProj", _unseeded(fj.dualproj_weighting())),
       Method("Aligned-MTL", _unseeded(fj.aligned_mtl_weighting())),

@@ -32,6 +32,7 @@ FACTORY_CALLS = {
     "IMTL-L": lambda k, shared, seed: fj.imtl_l(num_tasks=k, shared=shared),
     "GLS": lambda k, shared, seed: fj.geometric_mean(
         num_tasks=k, shared=shared),
+    "DB-MTL": lambda k, shared, seed: fj.db_mtl(num_tasks=k, shared=shared),
     "UPGrad": lambda k, shared, seed: fj.upgrad(num_tasks=k, shared=shared),
     "DualProj": lambda k, shared, seed: fj.dualproj(
         num_tasks=k, shared=shared),

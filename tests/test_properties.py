@@ -50,6 +50,7 @@ METHODS = {
     "imtl_l": (lambda k: fairgrad_jax.imtl_l(num_tasks=k), 1.0, True, False),
     "geometric_mean": (lambda k: fairgrad_jax.geometric_mean(num_tasks=k),
                        1.0, True, False),
+    "db_mtl": (lambda k: fairgrad_jax.db_mtl(num_tasks=k), 1.0, True, False),
 }
 NAMES = sorted(METHODS)
 DETERMINISTIC = [n for n in NAMES if METHODS[n][2]]
