@@ -4,12 +4,10 @@
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 from optax.experimental import aggregating
 
 from fairgrad_jax import _aggregator
-from fairgrad_jax import _checks
 from fairgrad_jax import _gram
 from fairgrad_jax._methods import _loss
 
@@ -57,32 +55,8 @@ def imtl_l_weighting(learning_rate: float = 1e-4, *,
     Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial
     Multi-task Learning", ICLR 2021 (IMTL-L).
   """
-  if optimizer is None:
-    learning_rate = _checks.real_hyperparameter(
-        "learning_rate", learning_rate, minimum=0.0, strict=True)
-    hyperparams = {"learning_rate": learning_rate}
-    optimizer = optax.adam(learning_rate)
-  else:
-    hyperparams = {"optimizer": optimizer}
-
-  def init(num_tasks):
-    _loss.needs_num_tasks("imtl_l", num_tasks)
-    s = jnp.zeros((num_tasks,), jnp.float32)
-    return IMTLLState(log_scales=s, opt_state=optimizer.init(s))
-
-  def apply(gram, extra, *, losses, key, init):
-    del key, init
-    s = extra.log_scales
-    # ∂/∂s_i of the scaled loss exp(s_i) l_i − s_i.
-    grad = jnp.exp(s) * losses.astype(s.dtype) - 1.0
-    updates, opt_state = optimizer.update(grad, extra.opt_state, s)
-    new_s = optax.apply_updates(s, updates)
-    ok = jnp.all(jnp.isfinite(losses) & (losses >= 0))
-    return _loss.unless(ok, jnp.exp(s).astype(gram.dtype),
-                        IMTLLState(new_s, opt_state), extra)
-
-  return _loss.loss_weighting("imtl_l", apply, init=init,
-                              hyperparams=hyperparams)
+  return _loss.learned_scale_weighting("imtl_l", 1.0, learning_rate, optimizer,
+                                       IMTLLState)
 
 
 def imtl_l(

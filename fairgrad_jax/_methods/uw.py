@@ -3,12 +3,10 @@
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 from optax.experimental import aggregating
 
 from fairgrad_jax import _aggregator
-from fairgrad_jax import _checks
 from fairgrad_jax import _gram
 from fairgrad_jax._methods import _loss
 
@@ -58,30 +56,8 @@ def uw_weighting(learning_rate: float = 0.025, *,
     Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh
     Losses for Scene Geometry and Semantics", CVPR 2018, arXiv:1705.07115.
   """
-  if optimizer is None:
-    learning_rate = _checks.real_hyperparameter(
-        "learning_rate", learning_rate, minimum=0.0, strict=True)
-    hyperparams = {"learning_rate": learning_rate}
-    optimizer = optax.adam(learning_rate)
-  else:
-    hyperparams = {"optimizer": optimizer}
-
-  def init(num_tasks):
-    _loss.needs_num_tasks("uw", num_tasks)
-    s = jnp.zeros((num_tasks,), jnp.float32)
-    return UWState(log_variances=s, opt_state=optimizer.init(s))
-
-  def apply(gram, extra, *, losses, key, init):
-    del key, init
-    s = extra.log_variances
-    grad = 1.0 - jnp.exp(-s) * losses.astype(s.dtype)
-    updates, opt_state = optimizer.update(grad, extra.opt_state, s)
-    new_s = optax.apply_updates(s, updates)
-    ok = jnp.all(jnp.isfinite(losses) & (losses >= 0))
-    return _loss.unless(ok, jnp.exp(-s).astype(gram.dtype),
-                        UWState(new_s, opt_state), extra)
-
-  return _loss.loss_weighting("uw", apply, init=init, hyperparams=hyperparams)
+  return _loss.learned_scale_weighting("uw", -1.0, learning_rate, optimizer,
+                                       UWState)
 
 
 def uw(
