@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from optax.experimental import aggregating
 
 from fairgrad_jax import _checks
@@ -106,6 +107,13 @@ class Weighting:
       ``extra``) after a step whose update is not finite, so that a step
       that ``optax.apply_if_finite`` skips leaves no trace (methods that
       learn from the losses).
+    zero_at_stationary: the method's exact update never conflicts with a
+      task (g_iᵀd > 0, as at FairGrad's root), so a computed update that
+      conflicts with a task beyond what the dtype resolves means that no
+      such update exists here: a Pareto-stationary point. The builders
+      then return 0 on the shared leaves (and on the heads where they are
+      weighted); see :func:`conflicts`. The check costs one product of
+      the K gradients with d (one JVP Gram-only).
 
   Examples:
     A weighting of one's own, inverse gradient norms (stateless):
@@ -135,6 +143,7 @@ class Weighting:
   needs_gram: bool = True
   needs_losses: bool = False
   keep_state_on_bad_step: bool = False
+  zero_at_stationary: bool = False
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -251,6 +260,53 @@ def solve(weighting: Weighting, gram, log2_sigma, state: AggregatorState,
     new_weights = jnp.where(ok, w_true, state.weights).astype(
         state.weights.dtype)
   return w_scaled, w_true, AggregatorState(weights=new_weights, extra=extra)
+
+
+def conflicts(gram, w_scaled, gd, d_norm, log2_units, num_entries):
+  """Whether an update conflicts with a task beyond what the dtype resolves.
+
+  For the methods whose exact update has g_iᵀd > 0 for every task
+  (:attr:`Weighting.zero_at_stationary`). Two limits of the computed
+  d = Σ_j w_j g_j: the sum's own round-off, about ν = ε Σ_j |w_j| ‖g_j‖
+  in norm; and the weights, which come from the Gram matrix, whose
+  entries carry round-off ε ‖g_i‖ ‖g_j‖: the angles between gradients,
+  and so d's direction among them, are resolved to about √ε (1 - cos θ
+  ~ θ²/2 >= ε). A product g_iᵀd below -‖g_i‖ (ν + 4 (√ε + ε √n) ‖d‖)
+  (n entries; ε √n for the product's own rounding) is a conflict no
+  rounding explains: at a Pareto-stationary point no d has every
+  g_iᵀd > 0, and the solve can only return a cancellation of large weights
+  (FairGrad's regularized root) or stop short of a root, with cosines to
+  -0.97 with some task. Measured: a toy step at α = 5 whose gradients
+  have 1 - cos = 5e-7 (a cone float32 barely resolves) gives an
+  unconverged solve whose d has cosine -8.7e-4 with a task, inside the
+  bound (4√ε = 1.4e-3 in float32); the conflicts at stationary points are
+  -0.016 and below.
+
+  Args:
+    gram: (K, K) Gram matrix of the σ-free gradients g̃_i = g_i / σ.
+    w_scaled: (K,) weights of the σ-free problem (d̃ = Σ_j w̃_j g̃_j).
+    gd: (K,) g̃_iᵀu, u = d̃ · 2^t for some t (entries O(1), in range).
+    d_norm: ‖u‖.
+    log2_units: t.
+    num_entries: n, the number of shared entries.
+
+  Returns:
+    A bool scalar (False for non-finite inputs: a NaN update stays NaN).
+  """
+  eps = jnp.finfo(gram.dtype).eps
+  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+  nu = _gram.times_pow2(eps * jnp.sum(jnp.abs(w_scaled) * norms), log2_units)
+  angle = 4.0 * (float(np.sqrt(eps)) + eps * float(np.sqrt(num_entries)))
+  return jnp.any(gd < -norms * (nu + angle * d_norm))
+
+
+def norm_and_log2(leaves, dtype):
+  """(‖x / 2^s‖, s) for the power of two 2^s nearest max |x| (in range)."""
+  s = _gram.log2_scale(leaves, dtype)
+  norm = jnp.sqrt(sum(jnp.sum(jnp.square(_gram.times_pow2(x.astype(dtype),
+                                                           -s)))
+                      for x in leaves))
+  return norm, s
 
 
 def all_finite(tree) -> jax.Array:
@@ -395,11 +451,24 @@ def aggregator(
                            factor=k if scale_by_num_tasks else None
                            ).astype(gram.dtype)
         for x in shared_leaves]
+    if weighting.zero_at_stationary:
+      # On u = d / 2^s (entries O(1)) and the σ-free gradients; d̃ = d /
+      # (2^(e p) factor) = u · 2^(s - e p) / factor.
+      d_norm, s = norm_and_log2(shared_out, gram.dtype)
+      gd = sum(jnp.tensordot(
+          _gram.times_pow2(g.astype(gram.dtype), -e).reshape(k, -1),
+          _gram.times_pow2(d, -s).reshape(-1), axes=1,
+          precision=jax.lax.Precision.HIGHEST)
+               for g, d in zip(shared_leaves, shared_out))
+      log2_factor = float(np.log2(k)) if scale_by_num_tasks else 0.0
+      zero = conflicts(gram, w_scaled, gd, d_norm,
+                       e * weighting.degree + log2_factor - s,
+                       sum(x[0].size for x in shared_leaves))
+      shared_out = [jnp.where(zero, jnp.zeros_like(x), x) for x in shared_out]
+      w_true = jnp.where(zero, jnp.zeros_like(w_true), w_true)
     if max_norm is not None:
       # ‖d‖ = 2^s ‖d / 2^s‖: no overflow of the squares for d near 1e38.
-      s = _gram.log2_scale(shared_out, gram.dtype)
-      norm = jnp.sqrt(sum(jnp.sum(jnp.square(_gram.times_pow2(x, -s)))
-                          for x in shared_out))
+      norm, s = norm_and_log2(shared_out, gram.dtype)
       # Clipped: d / 2^s times max_norm / ‖d / 2^s‖ (2^-s alone may flush).
       clip = _gram.times_pow2(norm, s) > max_norm
       factor = max_norm / jnp.where(norm > 0, norm, 1.0)

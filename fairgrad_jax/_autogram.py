@@ -288,8 +288,12 @@ def gram_solve(weights_fn, gram_of, losses, k, *, init, state):
     state: an :class:`AggregatorState` or None.
 
   Returns:
-    ``(weights, new_state)``: the weights of the true gradients (constants)
-    and the next state (None without a state).
+    ``(weights, new_state, check)``: the weights of the true gradients
+    (constants), the next state (None without a state), and None or, for a
+    weighting with ``zero_at_stationary``, ``check(d_leaves, gd_of) ->
+    bool``: whether the update d (its shared leaves) conflicts with a task
+    beyond round-off (:func:`fairgrad_jax._aggregator.conflicts`), given
+    ``gd_of(u_leaves) -> (K,)`` the products g_iᵀu (a JVP).
   """
   if not isinstance(weights_fn, _aggregator.Weighting):
     if state is not None:
@@ -297,7 +301,7 @@ def gram_solve(weights_fn, gram_of, losses, k, *, init, state):
           "state= carries a Weighting's state between calls; weights_fn is a"
           " plain function (pass a fairgrad_jax.Weighting, e.g."
           " fairgrad_jax.fairgrad_weighting(alpha=2.0)).")
-    return call_weights_fn(weights_fn, gram_of(), init, k), None
+    return call_weights_fn(weights_fn, gram_of(), init, k), None, None
   weighting = weights_fn
   dtype = jnp.promote_types(losses.dtype, jnp.float32)
   if state is None:
@@ -326,8 +330,26 @@ def gram_solve(weights_fn, gram_of, losses, k, *, init, state):
     e = jnp.zeros((), dtype)
   losses = _aggregator.check_losses(weighting, jax.lax.stop_gradient(losses),
                                     k)
-  _, weights, new_state = _aggregator.solve(weighting, gram, e, state, losses)
-  return jax.lax.stop_gradient(weights), new_state
+  w_scaled, weights, new_state = _aggregator.solve(weighting, gram, e, state,
+                                                   losses)
+  check = None
+  if weighting.zero_at_stationary and weighting.needs_gram:
+    w_scaled = jax.lax.stop_gradient(w_scaled)
+
+    def check(d_leaves, gd_of):
+      # As the aggregator: on u = d / 2^s and the σ-free gradients (G u / σ).
+      d_norm, s = _aggregator.norm_and_log2(d_leaves, dtype)
+      u = [_gram.times_pow2(x.astype(dtype), -s) for x in d_leaves]
+      gd = _gram.times_pow2(jnp.asarray(gd_of(u)).astype(dtype), -e)
+      return _aggregator.conflicts(gram, w_scaled, gd, d_norm,
+                                   e * weighting.degree - s,
+                                   sum(x.size for x in d_leaves))
+  return jax.lax.stop_gradient(weights), new_state, check
+
+
+def zero_where(zero, tree):
+  """``tree`` with every leaf 0 where ``zero`` (a bool scalar)."""
+  return jax.tree.map(lambda x: jnp.where(zero, jnp.zeros_like(x), x), tree)
 
 
 def check_losses(losses, what="losses_fn"):
@@ -532,9 +554,24 @@ def weighted_grad(
     gram_of = lambda: gram_from_vjp(vjp_fn1, k, losses.dtype, mask,
                                     chunk_size=chunk_size, jvp_fn=jvp_fn,
                                     params=params)
-    weights, new_state = gram_solve(weights_fn, gram_of, losses, k,
-                                    init=init, state=state)
+    weights, new_state, check = gram_solve(weights_fn, gram_of, losses, k,
+                                           init=init, state=state)
     update = vjp_fn1(weights.astype(losses.dtype))
+    if check is not None:
+      leaves, treedef = jax.tree.flatten(update)
+
+      def gd_of(u):  # G u: one JVP along u on the shared leaves
+        u = iter(u)
+        tangent = jax.tree.unflatten(treedef, [
+            next(u).astype(x.dtype) if m else jnp.zeros_like(x)
+            for x, m in zip(leaves, mask)])
+        if jvp_fn is not None:
+          return jvp_fn(tangent)
+        return jax.linear_transpose(vjp_fn1, losses)(tangent)[0]
+
+      zero = check([x for x, m in zip(leaves, mask) if m], gd_of)
+      weights = zero_where(zero, weights)
+      update = zero_where(zero, update)
     if not heads and not all(mask):
       plain = vjp_fn1(jnp.ones_like(losses))
       update = jax.tree.unflatten(

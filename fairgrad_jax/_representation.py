@@ -178,9 +178,24 @@ def representation_grad(
         lambda ct: z_vjp(ct)[0], k, losses.dtype, mask,
         chunk_size=chunk_size, jvp_fn=jvp_fn, params=z,
         task_grad_fn=task_grad)
-    weights, new_state = _autogram.gram_solve(weights_fn, gram_of, losses, k,
-                                              init=init, state=state)
+    weights, new_state, check = _autogram.gram_solve(
+        weights_fn, gram_of, losses, k, init=init, state=state)
     d_heads, d_z = heads_vjp(weights.astype(losses.dtype))
+    if check is not None:
+      z_treedef = jax.tree.structure(z)
+
+      def gd_of(u):  # (∂l/∂z) u: one JVP along u
+        tangent = jax.tree.unflatten(
+            z_treedef, [x.astype(t.dtype) for x, t in
+                        zip(u, jax.tree.leaves(z))])
+        if jvp_fn is not None:
+          return jvp_fn(tangent)
+        return jax.linear_transpose(lambda ct: z_vjp(ct)[0], losses)(
+            tangent)[0]
+
+      zero = check(jax.tree.leaves(d_z), gd_of)
+      weights, d_heads, d_z = _autogram.zero_where(zero,
+                                                   (weights, d_heads, d_z))
     (d_encoder,) = encoder_vjp(d_z)
     update = jax.tree.map(lambda a, b: (a + b).astype(a.dtype), d_heads,
                           d_encoder)

@@ -124,8 +124,11 @@ def fairgrad(
   Behaviour at the edges:
 
   * a task whose gradient is exactly zero drops out (weight 0);
-  * linearly dependent gradients (a Pareto-stationary point) give a finite,
-    bounded update, through the relative regularization λ;
+  * linearly dependent gradients (a Pareto-stationary point) have no root
+    (no d has every g_iᵀd > 0): the relative regularization λ bounds the
+    weights, and where the computed d then conflicts with a task beyond
+    round-off the update is 0 (``Weighting.zero_at_stationary``; the state
+    keeps the solve's weights);
   * any non-finite gradient makes the update non-finite (NaN), so that
     ``optax.chain(fairgrad(...), optax.apply_if_finite(optax.adam(...), n))``
     skips the step (``apply_if_finite`` goes after the aggregator, which
