@@ -126,12 +126,14 @@ def test_readme_inline_calls_run():
 # The method table
 
 
-def _method_rows():
+def _method_lines():
   section = README[README.index("## Methods"):]
   section = section[:section.index("\n## ", 1)]
-  rows = [line for line in section.splitlines()
-          if line.startswith("| `")]
-  return [re.match(r"\| `([^`]+)`", row).group(1) for row in rows]
+  return [line for line in section.splitlines() if line.startswith("| `")]
+
+
+def _method_rows():
+  return [re.match(r"\| `([^`]+)`", row).group(1) for row in _method_lines()]
 
 
 def _parse_signature(text):
@@ -163,6 +165,19 @@ def test_method_table_lists_every_factory():
   factories = {n[:-len("_weighting")] for n in fj.__all__
                if n.endswith("_weighting")} | {"graddrop"}
   assert set(names) == factories, set(names) ^ factories
+
+
+def test_method_table_modes_column():
+  """Every Weighting runs stacked, Gram-only and representation-level
+  (tests/test_weighting.py runs each); GradDrop, not a weighting, stacked
+  only. The column says so, row by row."""
+  for row in _method_lines():
+    name = re.match(r"\| `(\w+)\(", row).group(1)
+    modes = row.split(" | ")[2]
+    if hasattr(fj, f"{name}_weighting"):
+      assert modes == "stacked, Gram-only, representation", row
+    else:
+      assert modes == "stacked only", row
 
 
 @pytest.mark.parametrize("row", _method_rows())
