@@ -107,8 +107,9 @@ class Weighting:
       ``extra``) after a step whose update is not finite, so that a step
       that ``optax.apply_if_finite`` skips leaves no trace (methods that
       learn from the losses).
-    zero_at_stationary: the method's exact update never conflicts with a
-      task (g_iᵀd > 0, as at FairGrad's root), so a computed update that
+    zero_at_stationary: (a bool, or a traced bool for a traced
+      hyperparameter) the method's exact update never conflicts with a
+      task (g_iᵀd > 0, as at FairGrad's root for α > 0), so a computed update that
       conflicts with a task beyond what the dtype resolves means that no
       such update exists here: a Pareto-stationary point. The builders
       then return 0 on the shared leaves (and on the heads where they are
@@ -143,7 +144,7 @@ class Weighting:
   needs_gram: bool = True
   needs_losses: bool = False
   keep_state_on_bad_step: bool = False
-  zero_at_stationary: bool = False
+  zero_at_stationary: Any = False
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -300,6 +301,13 @@ def conflicts(gram, w_scaled, gd, d_norm, log2_units, num_entries):
   return jnp.any(gd < -norms * (nu + angle * d_norm))
 
 
+def stationarity_rule(weighting: Weighting) -> bool:
+  """Whether the builders check for :attr:`Weighting.zero_at_stationary`
+  (a traced flag is checked at run time, and-ed into the result)."""
+  flag = weighting.zero_at_stationary
+  return weighting.needs_gram and (isinstance(flag, jax.Array) or bool(flag))
+
+
 def norm_and_log2(leaves, dtype):
   """(‖x / 2^s‖, s) for the power of two 2^s nearest max |x| (in range)."""
   s = _gram.log2_scale(leaves, dtype)
@@ -451,7 +459,7 @@ def aggregator(
                            factor=k if scale_by_num_tasks else None
                            ).astype(gram.dtype)
         for x in shared_leaves]
-    if weighting.zero_at_stationary:
+    if stationarity_rule(weighting):
       # On u = d / 2^s (entries O(1)) and the σ-free gradients; d̃ = d /
       # (2^(e p) factor) = u · 2^(s - e p) / factor.
       d_norm, s = norm_and_log2(shared_out, gram.dtype)
@@ -461,9 +469,9 @@ def aggregator(
           precision=jax.lax.Precision.HIGHEST)
                for g, d in zip(shared_leaves, shared_out))
       log2_factor = float(np.log2(k)) if scale_by_num_tasks else 0.0
-      zero = conflicts(gram, w_scaled, gd, d_norm,
-                       e * weighting.degree + log2_factor - s,
-                       sum(x[0].size for x in shared_leaves))
+      zero = weighting.zero_at_stationary & conflicts(
+          gram, w_scaled, gd, d_norm, e * weighting.degree + log2_factor - s,
+          sum(x[0].size for x in shared_leaves))
       shared_out = [jnp.where(zero, jnp.zeros_like(x), x) for x in shared_out]
       w_true = jnp.where(zero, jnp.zeros_like(w_true), w_true)
     if max_norm is not None:

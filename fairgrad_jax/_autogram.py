@@ -333,7 +333,7 @@ def gram_solve(weights_fn, gram_of, losses, k, *, init, state):
   w_scaled, weights, new_state = _aggregator.solve(weighting, gram, e, state,
                                                    losses)
   check = None
-  if weighting.zero_at_stationary and weighting.needs_gram:
+  if _aggregator.stationarity_rule(weighting):
     w_scaled = jax.lax.stop_gradient(w_scaled)
 
     def check(d_leaves, gd_of):
@@ -341,9 +341,9 @@ def gram_solve(weights_fn, gram_of, losses, k, *, init, state):
       d_norm, s = _aggregator.norm_and_log2(d_leaves, dtype)
       u = [_gram.times_pow2(x.astype(dtype), -s) for x in d_leaves]
       gd = _gram.times_pow2(jnp.asarray(gd_of(u)).astype(dtype), -e)
-      return _aggregator.conflicts(gram, w_scaled, gd, d_norm,
-                                   e * weighting.degree - s,
-                                   sum(x.size for x in d_leaves))
+      return weighting.zero_at_stationary & _aggregator.conflicts(
+          gram, w_scaled, gd, d_norm, e * weighting.degree - s,
+          sum(x.size for x in d_leaves))
   return jax.lax.stop_gradient(weights), new_state, check
 
 

@@ -10,6 +10,7 @@ shape, and a reset check for every stateful method.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import fairgrad_jax as fj
@@ -114,6 +115,28 @@ def test_fairgrad_is_zero_or_non_conflicting_on_structured_inputs(alpha):
         assert cos.min() >= -2e-3, (kind, (k, n, rank), seed, cos.min())
         kept += kind == "plain" and k == rank
   assert kept == 2  # the (10, 10, 10) plain inputs, both seeds
+
+
+def test_fairgrad_alpha_zero_keeps_the_plain_sum():
+  """α = 0 is linear scalarization: Σ g_i, conflicting or not, never zeroed.
+
+  (The rule is for α > 0, whose root has every g_iᵀd > 0; with it on at
+  α = 0 the toy figure's LS trajectories stopped at the first conflict.)
+  Static and traced α.
+  """
+  g = jnp.asarray(_stationary(0, 5, 100, 3, strong=False))
+  expected = np.asarray(g).sum(axis=0)
+  agg = fj.fairgrad(0.0, num_tasks=5)
+  d = agg.update({"w": g}, agg.init(None))[0]["w"]
+  np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-5)
+  opt = optax.inject_hyperparams(
+      fj.fairgrad, static_args=("num_tasks", "maxiter", "scale_by_num_tasks"))(
+          alpha=0.0, num_tasks=5)
+  state = opt.init({"w": jnp.zeros(100)})
+  d = jax.jit(opt.update)({"w": g}, state)[0]["w"]
+  np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-5)
+  state.hyperparams["alpha"] = jnp.asarray(2.0)  # the rule, traced
+  assert not np.any(np.asarray(jax.jit(opt.update)({"w": g}, state)[0]["w"]))
 
 
 @pytest.mark.parametrize("mode", ["jvp", "vjp"])

@@ -774,4 +774,6 @@ def alpha_fair_weighting(name, alpha, *, maxiter, tol, regularization,
   return _aggregator.Weighting(
       name=name, apply=apply, init=init, hyperparams=hyperparams,
       degree=(1.0 - alpha) / (1.0 + alpha), weight_heads=weight_heads,
-      needs_gram=traced or alpha > 0, zero_at_stationary=True)
+      needs_gram=traced or alpha > 0,
+      # α = 0 is linear scalarization, whose Σ g_i may conflict.
+      zero_at_stationary=alpha > 0)
