@@ -308,6 +308,11 @@ def stationarity_rule(weighting: Weighting) -> bool:
   return weighting.needs_gram and (isinstance(flag, jax.Array) or bool(flag))
 
 
+def zero_where(zero, tree):
+  """``tree`` with every leaf 0 where ``zero`` (a bool scalar)."""
+  return jax.tree.map(lambda x: jnp.where(zero, jnp.zeros_like(x), x), tree)
+
+
 def norm_and_log2(leaves, dtype):
   """(‖x / 2^s‖, s) for the power of two 2^s nearest max |x| (in range)."""
   s = _gram.log2_scale(leaves, dtype)
@@ -472,8 +477,7 @@ def aggregator(
       zero = weighting.zero_at_stationary & conflicts(
           gram, w_scaled, gd, d_norm, e * weighting.degree + log2_factor - s,
           sum(x[0].size for x in shared_leaves))
-      shared_out = [jnp.where(zero, jnp.zeros_like(x), x) for x in shared_out]
-      w_true = jnp.where(zero, jnp.zeros_like(w_true), w_true)
+      shared_out, w_true = zero_where(zero, (shared_out, w_true))
     if max_norm is not None:
       # ‖d‖ = 2^s ‖d / 2^s‖: no overflow of the squares for d near 1e38.
       norm, s = norm_and_log2(shared_out, gram.dtype)

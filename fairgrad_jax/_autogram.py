@@ -347,11 +347,6 @@ def gram_solve(weights_fn, gram_of, losses, k, *, init, state):
   return jax.lax.stop_gradient(weights), new_state, check
 
 
-def zero_where(zero, tree):
-  """``tree`` with every leaf 0 where ``zero`` (a bool scalar)."""
-  return jax.tree.map(lambda x: jnp.where(zero, jnp.zeros_like(x), x), tree)
-
-
 def check_losses(losses, what="losses_fn"):
   """Checks a (K,) vector of real floating-point losses, K >= 1; returns K."""
   if not isinstance(losses, jax.Array):
@@ -570,8 +565,7 @@ def weighted_grad(
         return jax.linear_transpose(vjp_fn1, losses)(tangent)[0]
 
       zero = check([x for x, m in zip(leaves, mask) if m], gd_of)
-      weights = zero_where(zero, weights)
-      update = zero_where(zero, update)
+      weights, update = _aggregator.zero_where(zero, (weights, update))
     if not heads and not all(mask):
       plain = vjp_fn1(jnp.ones_like(losses))
       update = jax.tree.unflatten(

@@ -194,8 +194,8 @@ def representation_grad(
             tangent)[0]
 
       zero = check(jax.tree.leaves(d_z), gd_of)
-      weights, d_heads, d_z = _autogram.zero_where(zero,
-                                                   (weights, d_heads, d_z))
+      weights, d_heads, d_z = _aggregator.zero_where(zero,
+                                                     (weights, d_heads, d_z))
     (d_encoder,) = encoder_vjp(d_z)
     update = jax.tree.map(lambda a, b: (a + b).astype(a.dtype), d_heads,
                           d_encoder)
