@@ -36,6 +36,9 @@ from fairgrad_jax._methods.cagrad import CAGradInfo
 from fairgrad_jax._methods.config import config
 from fairgrad_jax._methods.config import config_weighting
 from fairgrad_jax._methods.config import config_weights
+from fairgrad_jax._methods.cr_mogm import cr_mogm
+from fairgrad_jax._methods.cr_mogm import cr_mogm_weighting
+from fairgrad_jax._methods.cr_mogm import CRMOGMState
 from fairgrad_jax._methods.db_mtl import db_mtl
 from fairgrad_jax._methods.db_mtl import db_mtl_weighting
 from fairgrad_jax._methods.db_mtl import DBMTLState
@@ -55,6 +58,9 @@ from fairgrad_jax._methods.famo import FAMOState
 from fairgrad_jax._methods.geometric_mean import geometric_mean
 from fairgrad_jax._methods.geometric_mean import geometric_mean_weighting
 from fairgrad_jax._methods.graddrop import graddrop
+from fairgrad_jax._methods.gradvac import gradvac
+from fairgrad_jax._methods.gradvac import gradvac_weighting
+from fairgrad_jax._methods.gradvac import GradVacState
 from fairgrad_jax._methods.imtl_g import imtl_g
 from fairgrad_jax._methods.imtl_g import imtl_g_weighting
 from fairgrad_jax._methods.imtl_g import imtl_g_weights
@@ -68,6 +74,9 @@ from fairgrad_jax._methods.mgda import mgda
 from fairgrad_jax._methods.mgda import mgda_weighting
 from fairgrad_jax._methods.mgda import mgda_weights
 from fairgrad_jax._methods.mgda import MGDAInfo
+from fairgrad_jax._methods.modo import modo
+from fairgrad_jax._methods.modo import modo_weighting
+from fairgrad_jax._methods.modo import MoDoState
 from fairgrad_jax._methods.nash_mtl import nash_mtl
 from fairgrad_jax._methods.nash_mtl import nash_mtl_weighting
 from fairgrad_jax._methods.nash_mtl import nash_mtl_weights
@@ -78,6 +87,9 @@ from fairgrad_jax._methods.rlw import rlw
 from fairgrad_jax._methods.rlw import rlw_weighting
 from fairgrad_jax._methods.scale_invariant import scale_invariant
 from fairgrad_jax._methods.scale_invariant import scale_invariant_weighting
+from fairgrad_jax._methods.sdmgrad import sdmgrad
+from fairgrad_jax._methods.sdmgrad import sdmgrad_weighting
+from fairgrad_jax._methods.sdmgrad import SDMGradState
 from fairgrad_jax._methods.stch import stch
 from fairgrad_jax._methods.stch import stch_weighting
 from fairgrad_jax._methods.stch import STCHState
@@ -101,15 +113,19 @@ __version__ = "0.1.0"
 __all__ = sorted([
     "AggregatorState",
     "CAGradInfo",
+    "CRMOGMState",
     "DBMTLState",
     "DWAState",
     "DualProjInfo",
     "FAMOState",
     "FairGradInfo",
     "FairGradSolution",
+    "GradVacState",
     "IMTLLState",
     "MGDAInfo",
     "MGDASolution",
+    "MoDoState",
+    "SDMGradState",
     "STCHState",
     "UPGradInfo",
     "UWState",
@@ -125,6 +141,8 @@ __all__ = sorted([
     "config",
     "config_weighting",
     "config_weights",
+    "cr_mogm",
+    "cr_mogm_weighting",
     "db_mtl",
     "db_mtl_weighting",
     "dualproj",
@@ -142,6 +160,8 @@ __all__ = sorted([
     "geometric_mean",
     "geometric_mean_weighting",
     "graddrop",
+    "gradvac",
+    "gradvac_weighting",
     "gram_matrix",
     "imtl_g",
     "imtl_g_weighting",
@@ -154,6 +174,8 @@ __all__ = sorted([
     "mgda_solve",
     "mgda_weighting",
     "mgda_weights",
+    "modo",
+    "modo_weighting",
     "nash_mtl",
     "nash_mtl_weighting",
     "nash_mtl_weights",
@@ -165,6 +187,8 @@ __all__ = sorted([
     "rlw_weighting",
     "scale_invariant",
     "scale_invariant_weighting",
+    "sdmgrad",
+    "sdmgrad_weighting",
     "shared_mask",
     "sharding",
     "stch",
