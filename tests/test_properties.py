@@ -51,6 +51,13 @@ METHODS = {
     "geometric_mean": (lambda k: fairgrad_jax.geometric_mean(num_tasks=k),
                        1.0, True, False),
     "db_mtl": (lambda k: fairgrad_jax.db_mtl(num_tasks=k), 1.0, True, False),
+    "gradvac": (lambda k: fairgrad_jax.gradvac(num_tasks=k), 1.0, False,
+                False),
+    "sdmgrad": (lambda k: fairgrad_jax.sdmgrad(num_tasks=k), 1.0, True, False),
+    "modo": (lambda k: fairgrad_jax.modo(num_tasks=k), 1.0, True, False),
+    # MGDA's weights averaged over steps: the average may conflict.
+    "cr_mogm": (lambda k: fairgrad_jax.cr_mogm(num_tasks=k), 1.0, True,
+                False),
 }
 NAMES = sorted(METHODS)
 DETERMINISTIC = [n for n in NAMES if METHODS[n][2]]
