@@ -53,7 +53,8 @@ def _unseeded(weighting: fj.Weighting) -> Callable[[int], fj.Weighting]:
 
 def default_methods(alphas: Sequence[float] = (1.0, 2.0, 5.0)) -> list[Method]:
   """STL, LS, MGDA, PCGrad, CAGrad, Nash-MTL, FAMO, STCH, IMTL-L, GLS,
-  DB-MTL, UPGrad, DualProj, Aligned-MTL, ConFIG and FairGrad per α.
+  DB-MTL, UPGrad, DualProj, Aligned-MTL, ConFIG, GradVac, SDMGrad, MoDo,
+  CR-MOGM (of MGDA) and FairGrad per α.
 
   Each with its factory's hyperparameters: CAGrad's c = 0.4, Nash-MTL's
   update clipped to norm 1 (as :func:`fairgrad_jax.nash_mtl`).
@@ -75,6 +76,10 @@ def default_methods(alphas: Sequence[float] = (1.0, 2.0, 5.0)) -> list[Method]:
       Method("DualProj", _unseeded(fj.dualproj_weighting())),
       Method("Aligned-MTL", _unseeded(fj.aligned_mtl_weighting())),
       Method("ConFIG", _unseeded(fj.config_weighting())),
+      Method("GradVac", lambda seed: fj.gradvac_weighting(seed=seed)),
+      Method("SDMGrad", _unseeded(fj.sdmgrad_weighting())),
+      Method("MoDo", _unseeded(fj.modo_weighting())),
+      Method("CR-MOGM", _unseeded(fj.cr_mogm_weighting())),
   ] + [Method(f"FairGrad α={a:g}", _unseeded(fj.fairgrad_weighting(float(a))))
        for a in alphas]
 

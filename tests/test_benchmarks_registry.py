@@ -39,6 +39,11 @@ FACTORY_CALLS = {
     "Aligned-MTL": lambda k, shared, seed: fj.aligned_mtl(
         num_tasks=k, shared=shared),
     "ConFIG": lambda k, shared, seed: fj.config(num_tasks=k, shared=shared),
+    "GradVac": lambda k, shared, seed: fj.gradvac(
+        seed=seed, num_tasks=k, shared=shared),
+    "SDMGrad": lambda k, shared, seed: fj.sdmgrad(num_tasks=k, shared=shared),
+    "MoDo": lambda k, shared, seed: fj.modo(num_tasks=k, shared=shared),
+    "CR-MOGM": lambda k, shared, seed: fj.cr_mogm(num_tasks=k, shared=shared),
     "FairGrad α=1": lambda k, shared, seed: fj.fairgrad(
         alpha=1.0, num_tasks=k, shared=shared),
     "FairGrad α=2": lambda k, shared, seed: fj.fairgrad(
@@ -100,7 +105,7 @@ def test_seeds_live_in_the_aggregator_state():
   must act through its state, not through the aggregator's closure."""
   seeded = [m for m in _methods.default_methods()[1:]
             if repr(m.build(3, None, 0)) != repr(m.build(3, None, 5))]
-  assert [m.name for m in seeded] == ["PCGrad"]
+  assert [m.name for m in seeded] == ["PCGrad", "GradVac"]
   for method in seeded:
     own = _seeded_update(method, 5, 5)
     assert not np.array_equal(own, _seeded_update(method, 0, 0))
