@@ -36,6 +36,8 @@ from fairgrad_jax._methods.cagrad import CAGradInfo
 from fairgrad_jax._methods.config import config
 from fairgrad_jax._methods.config import config_weighting
 from fairgrad_jax._methods.config import config_weights
+from fairgrad_jax._methods.cosmos import cosmos
+from fairgrad_jax._methods.cosmos import cosmos_weighting
 from fairgrad_jax._methods.cr_mogm import cr_mogm
 from fairgrad_jax._methods.cr_mogm import cr_mogm_weighting
 from fairgrad_jax._methods.cr_mogm import CRMOGMState
@@ -58,6 +60,9 @@ from fairgrad_jax._methods.famo import FAMOState
 from fairgrad_jax._methods.geometric_mean import geometric_mean
 from fairgrad_jax._methods.geometric_mean import geometric_mean_weighting
 from fairgrad_jax._methods.graddrop import graddrop
+from fairgrad_jax._methods.gradnorm import gradnorm
+from fairgrad_jax._methods.gradnorm import gradnorm_weighting
+from fairgrad_jax._methods.gradnorm import GradNormState
 from fairgrad_jax._methods.gradvac import gradvac
 from fairgrad_jax._methods.gradvac import gradvac_weighting
 from fairgrad_jax._methods.gradvac import GradVacState
@@ -74,12 +79,16 @@ from fairgrad_jax._methods.mgda import mgda
 from fairgrad_jax._methods.mgda import mgda_weighting
 from fairgrad_jax._methods.mgda import mgda_weights
 from fairgrad_jax._methods.mgda import MGDAInfo
+from fairgrad_jax._methods.moco import moco
+from fairgrad_jax._methods.moco import MoCoState
 from fairgrad_jax._methods.modo import modo
 from fairgrad_jax._methods.modo import modo_weighting
 from fairgrad_jax._methods.modo import MoDoState
 from fairgrad_jax._methods.nash_mtl import nash_mtl
 from fairgrad_jax._methods.nash_mtl import nash_mtl_weighting
 from fairgrad_jax._methods.nash_mtl import nash_mtl_weights
+from fairgrad_jax._methods.pbi import pbi
+from fairgrad_jax._methods.pbi import pbi_weighting
 from fairgrad_jax._methods.pcgrad import pcgrad
 from fairgrad_jax._methods.pcgrad import pcgrad_weighting
 from fairgrad_jax._methods.pcgrad import pcgrad_weights
@@ -120,10 +129,12 @@ __all__ = sorted([
     "FAMOState",
     "FairGradInfo",
     "FairGradSolution",
+    "GradNormState",
     "GradVacState",
     "IMTLLState",
     "MGDAInfo",
     "MGDASolution",
+    "MoCoState",
     "MoDoState",
     "SDMGradState",
     "STCHState",
@@ -141,6 +152,8 @@ __all__ = sorted([
     "config",
     "config_weighting",
     "config_weights",
+    "cosmos",
+    "cosmos_weighting",
     "cr_mogm",
     "cr_mogm_weighting",
     "db_mtl",
@@ -160,6 +173,8 @@ __all__ = sorted([
     "geometric_mean",
     "geometric_mean_weighting",
     "graddrop",
+    "gradnorm",
+    "gradnorm_weighting",
     "gradvac",
     "gradvac_weighting",
     "gram_matrix",
@@ -174,11 +189,14 @@ __all__ = sorted([
     "mgda_solve",
     "mgda_weighting",
     "mgda_weights",
+    "moco",
     "modo",
     "modo_weighting",
     "nash_mtl",
     "nash_mtl_weighting",
     "nash_mtl_weights",
+    "pbi",
+    "pbi_weighting",
     "pcgrad",
     "pcgrad_weighting",
     "pcgrad_weights",
@@ -189,8 +207,8 @@ __all__ = sorted([
     "scale_invariant_weighting",
     "sdmgrad",
     "sdmgrad_weighting",
-    "shared_mask",
     "sharding",
+    "shared_mask",
     "stch",
     "stch_weighting",
     "task_gradients",
