@@ -158,12 +158,12 @@ _REQUIRED = object()
 
 def test_method_table_lists_every_factory():
   names = [_parse_signature(row)[0] for row in _method_rows()]
-  assert len(names) == len(set(names)) == 25, names
+  assert len(names) == len(set(names)) == 29, names
   for name in names:
     assert name in fj.__all__, name
-  # Exactly the exported factories: each weighting's, and GradDrop.
+  # Exactly the exported factories: each weighting's, GradDrop and MoCo.
   factories = {n[:-len("_weighting")] for n in fj.__all__
-               if n.endswith("_weighting")} | {"graddrop"}
+               if n.endswith("_weighting")} | {"graddrop", "moco"}
   assert set(names) == factories, set(names) ^ factories
 
 
