@@ -58,6 +58,14 @@ METHODS = {
     # MGDA's weights averaged over steps: the average may conflict.
     "cr_mogm": (lambda k: fairgrad_jax.cr_mogm(num_tasks=k), 1.0, True,
                 False),
+    # One warm-up call, then s moves (lr 0.1): the third step's weights
+    # are learned.
+    "gradnorm": (lambda k: fairgrad_jax.gradnorm(
+        learning_rate=0.1, warmup_steps=1, num_tasks=k), 1.0, True, False),
+    # Normalised gradients times the losses: degree 0.
+    "moco": (lambda k: fairgrad_jax.moco(num_tasks=k), 0.0, True, False),
+    "pbi": (lambda k: fairgrad_jax.pbi(num_tasks=k), 1.0, True, False),
+    "cosmos": (lambda k: fairgrad_jax.cosmos(num_tasks=k), 1.0, True, False),
 }
 NAMES = sorted(METHODS)
 DETERMINISTIC = [n for n in NAMES if METHODS[n][2]]
