@@ -54,7 +54,8 @@ def _unseeded(weighting: fj.Weighting) -> Callable[[int], fj.Weighting]:
 def default_methods(alphas: Sequence[float] = (1.0, 2.0, 5.0)) -> list[Method]:
   """STL, LS, MGDA, PCGrad, CAGrad, Nash-MTL, FAMO, STCH, IMTL-L, GLS,
   DB-MTL, UPGrad, DualProj, Aligned-MTL, ConFIG, GradVac, SDMGrad, MoDo,
-  CR-MOGM (of MGDA) and FairGrad per α.
+  CR-MOGM (of MGDA), GradNorm, PBI, COSMOS (equal preferences) and
+  FairGrad per α.
 
   Each with its factory's hyperparameters: CAGrad's c = 0.4, Nash-MTL's
   update clipped to norm 1 (as :func:`fairgrad_jax.nash_mtl`).
@@ -80,6 +81,9 @@ def default_methods(alphas: Sequence[float] = (1.0, 2.0, 5.0)) -> list[Method]:
       Method("SDMGrad", _unseeded(fj.sdmgrad_weighting())),
       Method("MoDo", _unseeded(fj.modo_weighting())),
       Method("CR-MOGM", _unseeded(fj.cr_mogm_weighting())),
+      Method("GradNorm", _unseeded(fj.gradnorm_weighting())),
+      Method("PBI", _unseeded(fj.pbi_weighting())),
+      Method("COSMOS", _unseeded(fj.cosmos_weighting())),
   ] + [Method(f"FairGrad α={a:g}", _unseeded(fj.fairgrad_weighting(float(a))))
        for a in alphas]
 

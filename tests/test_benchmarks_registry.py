@@ -44,6 +44,10 @@ FACTORY_CALLS = {
     "SDMGrad": lambda k, shared, seed: fj.sdmgrad(num_tasks=k, shared=shared),
     "MoDo": lambda k, shared, seed: fj.modo(num_tasks=k, shared=shared),
     "CR-MOGM": lambda k, shared, seed: fj.cr_mogm(num_tasks=k, shared=shared),
+    "GradNorm": lambda k, shared, seed: fj.gradnorm(
+        num_tasks=k, shared=shared),
+    "PBI": lambda k, shared, seed: fj.pbi(num_tasks=k, shared=shared),
+    "COSMOS": lambda k, shared, seed: fj.cosmos(num_tasks=k, shared=shared),
     "FairGrad α=1": lambda k, shared, seed: fj.fairgrad(
         alpha=1.0, num_tasks=k, shared=shared),
     "FairGrad α=2": lambda k, shared, seed: fj.fairgrad(
