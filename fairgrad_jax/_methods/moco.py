@@ -19,6 +19,7 @@ from fairgrad_jax import _aggregator
 from fairgrad_jax import _checks
 from fairgrad_jax import _gram
 from fairgrad_jax._methods import _loss
+from fairgrad_jax._methods import _stacked
 
 
 class MoCoState(NamedTuple):
@@ -127,52 +128,21 @@ def moco(
   _loss.needs_num_tasks("moco", num_tasks)
   name = "moco"
 
-  def zeros_like_shared(leaves, mask, stacked):
-    lead = () if stacked else (num_tasks,)
-    return [jnp.zeros(lead + x.shape,
-                      jnp.promote_types(x.dtype, jnp.float32))
-            for x, m in zip(leaves, mask) if m]
-
   def init_fn(params):
-    tracked = None
-    if params is not None:
-      leaves = jax.tree.leaves(params)
-      tracked = zeros_like_shared(
-          leaves, _gram.shared_leaves(shared, params), stacked=False)
     lambdas = jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32)
     return _aggregator.AggregatorState(
         weights=lambdas,
-        extra=MoCoState(tracked, lambdas, jnp.zeros((), jnp.int32)))
+        extra=MoCoState(_stacked.initial_buffer(params, shared, num_tasks),
+                        lambdas, jnp.zeros((), jnp.int32)))
 
   def update_fn(grads, state, params=None, *, losses=None, **extra_args):
     del extra_args
-    k = _gram.check_stacked(grads, params, name)
-    if k != num_tasks:
-      raise ValueError(
-          f"{name} was built with num_tasks={num_tasks} but the gradients"
-          f" have a task axis of size {k}.")
-    if losses is None:
-      raise ValueError(
-          f"{name} needs the task losses: update(grads, state, params,"
-          " losses=...) with losses of shape (K,).")
-    losses = jnp.asarray(losses)
-    if losses.shape != (k,):
-      raise ValueError(f"losses must have shape ({k},), got {losses.shape}.")
-    leaves, treedef = jax.tree.flatten(grads)
-    mask = _gram.shared_leaves(shared, grads)
-    shared_leaves = [x for x, m in zip(leaves, mask) if m]
-    dtype = _gram.solve_dtype(shared_leaves)
     extra = state.extra
-    old_tracked = extra.tracked
-    if old_tracked is None:
-      old_tracked = zeros_like_shared(leaves, mask, stacked=True)
-    if [y.shape for y in old_tracked] != [x.shape for x in shared_leaves]:
-      raise ValueError(
-          f"{name}: the state tracks shared leaves of shapes"
-          f" {[y.shape for y in old_tracked]} but the shared gradients have"
-          f" shapes {[x.shape for x in shared_leaves]}: init with the"
-          " params of these gradients (or None).")
-
+    leaves, treedef, mask, shared_leaves, old_tracked, losses = (
+        _stacked.check_update(name, grads, params, num_tasks, shared,
+                              extra.tracked, losses, needs_losses=True))
+    k = num_tasks
+    dtype = _gram.solve_dtype(shared_leaves)
     ok = jnp.all(jnp.isfinite(losses) & (losses >= 0))
     l = jnp.where(ok, losses, 0).astype(dtype)
     count = jnp.minimum(extra.count + 1, 2**30)
@@ -217,9 +187,7 @@ def moco(
     old_state = _aggregator.AggregatorState(
         weights=state.weights,
         extra=MoCoState(old_tracked, extra.lambdas, extra.count))
-    good = _aggregator.all_finite(updates)
-    return updates, jax.tree.map(lambda a, b: jnp.where(good, a, b),
-                                 new_state, old_state)
+    return updates, _stacked.keep_if_bad(updates, new_state, old_state)
 
   return _aggregator.with_repr(
       init_fn, update_fn, name,
