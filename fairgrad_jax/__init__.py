@@ -51,6 +51,8 @@ from fairgrad_jax._methods.dualproj import DualProjInfo
 from fairgrad_jax._methods.dwa import dwa
 from fairgrad_jax._methods.dwa import dwa_weighting
 from fairgrad_jax._methods.dwa import DWAState
+from fairgrad_jax._methods.excess_mtl import excess_mtl
+from fairgrad_jax._methods.excess_mtl import ExcessMTLState
 from fairgrad_jax._methods.fairgrad import fairgrad
 from fairgrad_jax._methods.fairgrad import fairgrad_weighting
 from fairgrad_jax._methods.fairgrad import fairgrad_weights
@@ -126,6 +128,7 @@ __all__ = sorted([
     "DBMTLState",
     "DWAState",
     "DualProjInfo",
+    "ExcessMTLState",
     "FAMOState",
     "FairGradInfo",
     "FairGradSolution",
@@ -163,6 +166,7 @@ __all__ = sorted([
     "dualproj_weights",
     "dwa",
     "dwa_weighting",
+    "excess_mtl",
     "fair_loss",
     "fairgrad",
     "fairgrad_solve",
