@@ -64,6 +64,8 @@ METHODS = {
         learning_rate=0.1, warmup_steps=1, num_tasks=k), 1.0, True, False),
     # Normalised gradients times the losses: degree 0.
     "moco": (lambda k: fairgrad_jax.moco(num_tasks=k), 0.0, True, False),
+    "excess_mtl": (lambda k: fairgrad_jax.excess_mtl(num_tasks=k), 1.0, True,
+                   False),
     "pbi": (lambda k: fairgrad_jax.pbi(num_tasks=k), 1.0, True, False),
     "cosmos": (lambda k: fairgrad_jax.cosmos(num_tasks=k), 1.0, True, False),
 }

@@ -158,12 +158,14 @@ _REQUIRED = object()
 
 def test_method_table_lists_every_factory():
   names = [_parse_signature(row)[0] for row in _method_rows()]
-  assert len(names) == len(set(names)) == 29, names
+  assert len(names) == len(set(names)) == 30, names
   for name in names:
     assert name in fj.__all__, name
-  # Exactly the exported factories: each weighting's, GradDrop and MoCo.
+  # Exactly the exported factories: each weighting's, GradDrop, MoCo and
+  # ExcessMTL.
   factories = {n[:-len("_weighting")] for n in fj.__all__
-               if n.endswith("_weighting")} | {"graddrop", "moco"}
+               if n.endswith("_weighting")} | {"graddrop", "moco",
+                                                     "excess_mtl"}
   assert set(names) == factories, set(names) ^ factories
 
 

@@ -301,7 +301,8 @@ def test_no_method_module_imports_another():
   methods = sorted(p for p in (_PACKAGE / "_methods").glob("*.py")
                    if not p.name.startswith("_"))
   # One module per exported factory, named after it.
-  assert {p.stem for p in methods} == set(_EXPORTED) | {"graddrop", "moco"}
+  assert {p.stem for p in methods} == set(_EXPORTED) | {"graddrop", "moco",
+                                                        "excess_mtl"}
   for path in methods:
     siblings = {f"fairgrad_jax._methods.{p.stem}" for p in methods} - {
         f"fairgrad_jax._methods.{path.stem}"}
