@@ -36,6 +36,8 @@ from fairgrad_jax._methods.cagrad import CAGradInfo
 from fairgrad_jax._methods.config import config
 from fairgrad_jax._methods.config import config_weighting
 from fairgrad_jax._methods.config import config_weights
+from fairgrad_jax._methods.constant import constant
+from fairgrad_jax._methods.constant import constant_weighting
 from fairgrad_jax._methods.cosmos import cosmos
 from fairgrad_jax._methods.cosmos import cosmos_weighting
 from fairgrad_jax._methods.cr_mogm import cr_mogm
@@ -74,9 +76,13 @@ from fairgrad_jax._methods.imtl_g import imtl_g_weights
 from fairgrad_jax._methods.imtl_l import imtl_l
 from fairgrad_jax._methods.imtl_l import imtl_l_weighting
 from fairgrad_jax._methods.imtl_l import IMTLLState
+from fairgrad_jax._methods.krum import krum
+from fairgrad_jax._methods.krum import krum_weighting
 from fairgrad_jax._methods.linear_scalarization import linear_scalarization
 from fairgrad_jax._methods.linear_scalarization import (
     linear_scalarization_weighting)
+from fairgrad_jax._methods.mean import mean
+from fairgrad_jax._methods.mean import mean_weighting
 from fairgrad_jax._methods.mgda import mgda
 from fairgrad_jax._methods.mgda import mgda_weighting
 from fairgrad_jax._methods.mgda import mgda_weights
@@ -104,6 +110,7 @@ from fairgrad_jax._methods.sdmgrad import SDMGradState
 from fairgrad_jax._methods.stch import stch
 from fairgrad_jax._methods.stch import stch_weighting
 from fairgrad_jax._methods.stch import STCHState
+from fairgrad_jax._methods.trimmed_mean import trimmed_mean
 from fairgrad_jax._methods.upgrad import upgrad
 from fairgrad_jax._methods.upgrad import upgrad_weighting
 from fairgrad_jax._methods.upgrad import upgrad_weights
@@ -155,6 +162,8 @@ __all__ = sorted([
     "config",
     "config_weighting",
     "config_weights",
+    "constant",
+    "constant_weighting",
     "cosmos",
     "cosmos_weighting",
     "cr_mogm",
@@ -187,8 +196,12 @@ __all__ = sorted([
     "imtl_g_weights",
     "imtl_l",
     "imtl_l_weighting",
+    "krum",
+    "krum_weighting",
     "linear_scalarization",
     "linear_scalarization_weighting",
+    "mean",
+    "mean_weighting",
     "mgda",
     "mgda_solve",
     "mgda_weighting",
@@ -216,6 +229,7 @@ __all__ = sorted([
     "stch",
     "stch_weighting",
     "task_gradients",
+    "trimmed_mean",
     "upgrad",
     "upgrad_weighting",
     "upgrad_weights",
