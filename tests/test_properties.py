@@ -68,7 +68,19 @@ METHODS = {
                    False),
     "pbi": (lambda k: fairgrad_jax.pbi(num_tasks=k), 1.0, True, False),
     "cosmos": (lambda k: fairgrad_jax.cosmos(num_tasks=k), 1.0, True, False),
+    "mean": (lambda k: fairgrad_jax.mean(num_tasks=k), 1.0, True, False),
+    # Weights fixed per task position: not permutation-equivariant.
+    "constant": (lambda k: fairgrad_jax.constant(
+        np.linspace(0.5, 1.5, k), num_tasks=k), 1.0, False, False),
+    # m = 2 of K = 3: the closest pair, which ties under f = 0 (Krum alone
+    # would pick its first task, not permutation-equivariant).
+    "krum": (lambda k: fairgrad_jax.krum(0, n_selected=2, num_tasks=k), 1.0,
+             True, False),
+    "trimmed_mean": (lambda k: fairgrad_jax.trimmed_mean(1, num_tasks=k),
+                     1.0, True, False),
 }
+# Methods that need more than one task (K = 1 is refused, by name).
+MIN_TASKS = {"krum": 3, "trimmed_mean": 3}
 NAMES = sorted(METHODS)
 DETERMINISTIC = [n for n in NAMES if METHODS[n][2]]
 NON_CONFLICTING = [n for n in NAMES if METHODS[n][3]]
@@ -160,6 +172,10 @@ def test_rank_deficient(name, kind):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_single_task(name):
+  if name in MIN_TASKS:
+    with pytest.raises(ValueError, match=f"{MIN_TASKS[name]} tasks, got 1"):
+      METHODS[name][0](1)
+    return
   grads = _asserts.random_grads(jax.random.PRNGKey(1), 1)
   _asserts.assert_structure(stepper(name), grads, _losses_seq(1))
   _asserts.assert_single_task_parallel(stepper(name), grads, _losses_seq(1))
