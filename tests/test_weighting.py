@@ -21,7 +21,10 @@ K = 3
 # Every exported weighting, built with its defaults unless overridden here
 # (a new method is covered without a row), plus extra settings.
 _WEIGHTING_KWARGS = {"fairgrad": {"alpha": 2.0}, "pcgrad": {"seed": 3},
-                     "rlw": {"seed": 1}}
+                     "rlw": {"seed": 1},
+                     # Required: K weights; f (m = 2: no tie at K = 3).
+                     "constant": {"weights": (1.0, 0.5, 2.0)},
+                     "krum": {"n_byzantine": 0, "n_selected": 2}}
 _EXPORTED = sorted(n[:-len("_weighting")] for n in fj.__all__
                    if n.endswith("_weighting"))
 
@@ -146,7 +149,9 @@ def test_representation_level_equals_stacked_z_gradients(name):
 # ``fj.<name>(num_tasks=K)`` with the same settings; a factory whose own
 # default differs from the builder's (Nash-MTL's max_norm) is given it.
 _FACTORY_KWARGS = {"fairgrad": {"alpha": 2.0}, "nash_mtl": {"max_norm": None},
-                   "pcgrad": {"seed": 3}, "rlw": {"seed": 1}}
+                   "pcgrad": {"seed": 3}, "rlw": {"seed": 1},
+                   "constant": {"weights": (1.0, 0.5, 2.0)},
+                   "krum": {"n_byzantine": 0, "n_selected": 2}}
 
 
 def _factory(name, kwargs):
@@ -175,7 +180,7 @@ def test_every_exported_factory_is_in_the_property_table():
   """Adding a method means one row in tests/test_properties.METHODS."""
   import test_properties  # pylint: disable=g-import-not-at-top
   factories = {name[:-len("_weighting")] for name in fj.__all__
-               if name.endswith("_weighting")} | {"graddrop"}
+               if name.endswith("_weighting")} | {"graddrop", "trimmed_mean"}
   covered = {name.split("_")[0] if name.startswith(("fairgrad_", "mgda_"))
              else name for name in test_properties.METHODS}
   assert factories <= covered, factories - covered
@@ -302,7 +307,8 @@ def test_no_method_module_imports_another():
                    if not p.name.startswith("_"))
   # One module per exported factory, named after it.
   assert {p.stem for p in methods} == set(_EXPORTED) | {"graddrop", "moco",
-                                                        "excess_mtl"}
+                                                        "excess_mtl",
+                                                        "trimmed_mean"}
   for path in methods:
     siblings = {f"fairgrad_jax._methods.{p.stem}" for p in methods} - {
         f"fairgrad_jax._methods.{path.stem}"}
