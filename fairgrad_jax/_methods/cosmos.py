@@ -59,18 +59,20 @@ def cosmos_weighting(lambda_: float = 1.0, *,
     r = qp.preference(pref_vector, k, dtype)
     l = losses.astype(dtype)
     ok = jnp.all(jnp.isfinite(l))
-    # ‖l‖ = top ‖l / top‖: no overflow of the squares near the top of the
-    # range, nor underflow of tiny losses' squares.
-    top = jnp.max(jnp.abs(jnp.where(ok, l, 0)))
-    nonzero = top > 0
-    scaled = jnp.where(ok & nonzero, l / jnp.where(nonzero, top, 1), 0)
+    # ‖l‖ = 2^e ‖l / 2^e‖, 2^e the power of two nearest max |l| (exact):
+    # no overflow of the squares near the top of the range, nor underflow
+    # of tiny losses' squares.
+    l = jnp.where(ok, l, 0)
+    e = _gram.log2_scale([l], dtype)
+    scaled = _gram.times_pow2(l, -e)
     scaled_norm = jnp.linalg.norm(scaled)
+    nonzero = scaled_norm > 0
     l_hat = scaled / jnp.where(nonzero, scaled_norm, 1)
     r_hat = r / jnp.linalg.norm(r)
     cos = r_hat @ l_hat
     # ∂cos/∂l = (r̂ − cos l̂)/‖l‖; undefined at l = 0, where only rᵀl
     # remains (the weights of a linear scalarization).
-    inv_norm = 1.0 / jnp.where(nonzero, top * scaled_norm, 1)
+    inv_norm = _gram.times_pow2(1.0 / jnp.where(nonzero, scaled_norm, 1), -e)
     penalty = jnp.where(nonzero, lambda_ * inv_norm * (r_hat - cos * l_hat),
                         0)
     w = jnp.where(ok, r - penalty, jnp.nan)

@@ -33,12 +33,16 @@ class ExcessMTLState(NamedTuple):
       entry's so far, so that S stays in range for any gradient scale).
     initial_excess: (K,) the first call's excess-risk estimates, the
       baseline of the later ones (in the units of ``log2_scale``).
+    logits: (K,) z, the weights in logs: w = K softmax(z) (z = 0 at the
+      start; max z = 0 after each step). A weight that rounds to 0 keeps
+      its logit, so it can come back, as it does in float64.
     count: calls so far (int32, saturates at 2).
   """
 
   sq_grad_sum: Any
   log2_scale: jax.Array
   initial_excess: jax.Array
+  logits: jax.Array
   count: jax.Array
 
 
@@ -78,7 +82,7 @@ def excess_mtl(
   estimate is 0 (a zero gradient) gets the ratio 0 here where LibMTL
   divides by zero. The exponent is applied in
   logs (w = K softmax(log w + η ε/ε⁽¹⁾)), as TorchJD does, so no weight
-  overflows.
+  overflows (and the state keeps log w, see :class:`ExcessMTLState`).
 
   S is K copies of the shared parameters (LibMTL's K×P buffer):
   ``init(params)`` allocates it (the shared leaves are ``shared`` applied to
@@ -132,6 +136,7 @@ def excess_mtl(
             sq_grad_sum=_stacked.initial_buffer(params, shared, num_tasks),
             log2_scale=jnp.zeros((), jnp.float32),
             initial_excess=jnp.zeros((num_tasks,), jnp.float32),
+            logits=jnp.zeros((num_tasks,), jnp.float32),
             count=jnp.zeros((), jnp.int32)))
 
   def update_fn(grads, state, params=None, *, losses=None, **extra_args):
@@ -166,9 +171,10 @@ def excess_mtl(
         extra.initial_excess.astype(dtype), e_old - e))
     ratio = jnp.where(initial > 0,
                       excess / jnp.where(initial > 0, initial, 1), 0)
-    old_w = state.weights.astype(dtype)
-    stepped = k * jax.nn.softmax(jnp.log(old_w) + robust_step_size * ratio)
-    weights = jnp.where(first, old_w, stepped)
+    logits = extra.logits.astype(dtype)
+    logits = jnp.where(first, logits, logits + robust_step_size * ratio)
+    logits = logits - jnp.max(logits)
+    weights = k * jax.nn.softmax(logits)
     updates = jax.tree.unflatten(treedef, [
         _gram.weighted_sum(weights, x) for x in leaves])
     new_state = _aggregator.AggregatorState(
@@ -177,11 +183,12 @@ def excess_mtl(
             sq_grad_sum=[s.astype(o.dtype) for s, o in zip(sums, old_sum)],
             log2_scale=e.astype(extra.log2_scale.dtype),
             initial_excess=initial.astype(extra.initial_excess.dtype),
+            logits=logits.astype(extra.logits.dtype),
             count=jnp.minimum(extra.count + 1, 2)))
     old_state = _aggregator.AggregatorState(
         weights=state.weights,
         extra=ExcessMTLState(old_sum, extra.log2_scale, extra.initial_excess,
-                             extra.count))
+                             extra.logits, extra.count))
     return updates, _stacked.keep_if_bad(updates, new_state, old_state)
 
   return _aggregator.with_repr(

@@ -21,14 +21,14 @@ class GradNormState(NamedTuple):
     loss_scale: (K,) learned s; the weights are K softmax(s) (ones at the
       start, as LibMTL's parameter).
     opt_state: the state of the optimizer that learns s.
-    loss_sum: (K,) sum of the losses of the warm-up calls; the initial
-      losses l(0) are ``loss_sum / warmup_steps`` once they are over.
+    initial_losses: (K,) l(0), the mean loss of the warm-up calls so far
+      (a running mean: no overflow of a sum).
     count: calls so far (int32, saturates at ``warmup_steps``).
   """
 
   loss_scale: jax.Array
   opt_state: Any
-  loss_sum: jax.Array
+  initial_losses: jax.Array
   count: jax.Array
 
 
@@ -91,7 +91,7 @@ def gradnorm_weighting(alpha: float = 1.5, learning_rate: float = 1e-4, *,
     _loss.needs_num_tasks("gradnorm", num_tasks)
     s = jnp.ones((num_tasks,), jnp.float32)
     return GradNormState(loss_scale=s, opt_state=optimizer.init(s),
-                         loss_sum=jnp.zeros((num_tasks,), jnp.float32),
+                         initial_losses=jnp.zeros((num_tasks,), jnp.float32),
                          count=jnp.zeros((), jnp.int32))
 
   def apply(gram, extra, *, losses, key, init):
@@ -105,13 +105,15 @@ def gradnorm_weighting(alpha: float = 1.5, learning_rate: float = 1e-4, *,
     balancing = extra.count >= warmup_steps
     # r_i = L_i / mean L, L_i = l_i / l_i(0), in logs (no overflow of the
     # ratio); r = 1 when every loss is 0 (no training rate to compare).
-    l0 = extra.loss_sum / warmup_steps
+    l0 = extra.initial_losses
     l0_ok = jnp.all(jnp.isfinite(l0) & (l0 > 0))
     log_ratio = jnp.log(l) - jnp.log(jnp.where(l0_ok, l0, 1))
     any_loss = jnp.any(l > 0)
     log_r = jnp.log(k) + jax.nn.log_softmax(
         jnp.where(any_loss, log_ratio, 0))
-    target_rates = jnp.exp(alpha * log_r)
+    # (α = 0: r^0 = 1, also for a task whose loss is 0.)
+    target_rates = jnp.where(jnp.asarray(alpha) == 0, 1.0,
+                             jnp.exp(alpha * log_r))
     norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0)).astype(s.dtype)
     # ∂/∂s of Σ_i |w_i ‖g_i‖ − c_i|, c = mean(w ‖g‖) r^α held constant:
     # v_i = sign(w_i ‖g_i‖ − c_i) ‖g_i‖ and ∂w/∂s = K (diag p − p pᵀ).
@@ -125,7 +127,9 @@ def gradnorm_weighting(alpha: float = 1.5, learning_rate: float = 1e-4, *,
     new = GradNormState(
         loss_scale=keep(new_s, s),
         opt_state=jax.tree.map(keep, opt_state, extra.opt_state),
-        loss_sum=extra.loss_sum + jnp.where(balancing, 0, l),
+        initial_losses=jnp.where(
+            balancing, l0,
+            l0 + (l - l0) / (extra.count + 1).astype(l.dtype)),
         count=jnp.minimum(extra.count + 1, warmup_steps))
     return _loss.unless(ok & (l0_ok | ~balancing), weights.astype(gram.dtype),
                         new, extra)

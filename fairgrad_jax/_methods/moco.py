@@ -154,11 +154,15 @@ def moco(
     scaled = [_gram.times_pow2(x.astype(dtype), -e) for x in shared_leaves]
     sq = sum(jnp.sum(jnp.square(x).reshape(k, -1), axis=1) for x in scaled)
     norms = jnp.sqrt(sq)
-    factor = jnp.where(norms > 0, l / jnp.where(norms > 0, norms, 1), 0)
-    tracked = [
-        (y - beta_t * (y - factor.reshape((k,) + (1,) * (x.ndim - 1)) * x)
-         ).astype(y.dtype)
-        for y, x in zip(old_tracked, scaled)]
+    inv_norms = jnp.where(norms > 0, 1 / jnp.where(norms > 0, norms, 1), 0)
+
+    tracked = []
+    for y, x in zip(old_tracked, scaled):
+      per_task = (k,) + (1,) * (x.ndim - 1)
+      # ĝ = l (g/‖g‖): the unit vector first (l/‖g‖ may overflow); y's
+      # step as the convex combination (1 − β_t) y + β_t ĝ (y − ĝ may).
+      g_hat = l.reshape(per_task) * (inv_norms.reshape(per_task) * x)
+      tracked.append(((1 - beta_t) * y + beta_t * g_hat).astype(y.dtype))
     # Y Yᵀ on Y / 2^s, then λ's exponent with 4^s put back (exactly); an
     # exponent beyond the dtype's range is clipped to it: its softmax is
     # then the one-hot of the smallest (Y Yᵀ λ)_i.

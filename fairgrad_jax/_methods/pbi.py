@@ -98,10 +98,11 @@ def pbi_weighting(theta: float = 5.0, *,
     if reference is not None:
       f = f - jnp.asarray(reference, dtype)
     ok = jnp.all(jnp.isfinite(f))
-    # The weights are invariant to f's scale: work on f / max|f| (no
-    # overflow of ‖f‖² for losses near the top of the range).
-    top = jnp.max(jnp.abs(jnp.where(ok, f, 0)))
-    f = jnp.where(ok & (top > 0), f / jnp.where(top > 0, top, 1), 0)
+    # The weights are invariant to f's scale: work on f / 2^e, 2^e the
+    # power of two nearest max|f| (exact; no overflow of ‖f‖² near the top
+    # of the range, nor a flushed 1/max|f|).
+    f = jnp.where(ok, f, 0)
+    f = _gram.times_pow2(f, -_gram.log2_scale([f], dtype))
     q = f - (f @ direction) * direction
     q_norm = jnp.linalg.norm(q)
     # q's entries carry a round-off of about 2ε|f|; a smaller q is the
