@@ -196,8 +196,8 @@ def cr_mogm(
     >>> agg = fairgrad_jax.cr_mogm(num_tasks=2)
     >>> d, state = agg.update({"w": jnp.array([[1.0, 0.0], [0.0, 2.0]])},
     ...                       agg.init(None))
-    >>> d["w"]  # MGDA's at the first step: 4/5 g_1 + 1/5 g_2
-    Array([0.8, 0.4], dtype=float32)
+    >>> [round(x, 4) for x in d["w"].tolist()]  # MGDA's: 4/5 g_1 + 1/5 g_2
+    [0.8, 0.4]
 
   References:
     Zhou, Zhang, Jiang, Zhong, Gu & Zhu, "On the Convergence of Stochastic

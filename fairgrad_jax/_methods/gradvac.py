@@ -102,9 +102,9 @@ def gradvac_weighting(beta: float = 0.5, *, eps: float = 1e-8,
   moves φ̂_ij towards the cosine seen. The weights are w = 1ᵀC, C the
   combination coefficients of the corrected gradients: the update is
   Σ_i g_i' = Σ_m w_m g_m. Cosines and norm ratios do not change with the
-  gradients' scale: degree 1 (up to ε, which the builders apply to the
-  σ-scaled Gram matrix, so that it acts at ‖g‖ ~ 1e-8 of the largest
-  gradient's scale rather than at 1e-8 absolute). The state is a
+  gradients' scale: degree 1 (up to ε, which the builders add on the
+  σ-scaled Gram matrix, the gradients divided by the power of two nearest
+  their largest entry, not in the gradients' own units). The state is a
   :class:`GradVacState` (``init(K)`` needs K).
 
   A zero gradient g_j gives cosines 0; a target above 0 then asks for a
@@ -113,8 +113,8 @@ def gradvac_weighting(beta: float = 0.5, *, eps: float = 1e-8,
 
   Args:
     beta: β in [0, 1], the targets' moving-average rate (TorchJD's and
-      LibMTL's default 0.5; 0 keeps the targets at 0: PCGrad's projections
-      of the negative cosines, without its sum's scaling).
+      LibMTL's default 0.5; 0 keeps the targets at 0: PCGrad's
+      projections, exactly so at ε = 0).
     eps: ε >= 0 of the denominators (TorchJD's 1e-8).
     seed: seed of the PRNG key that draws the task orders.
 

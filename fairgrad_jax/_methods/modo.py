@@ -89,7 +89,7 @@ def modo_weighting(gamma: float = 0.1, rho: float = 0.1
     >>> weighting = fairgrad_jax.modo_weighting()
     >>> w, state = weighting(jnp.diag(jnp.array([1.0, 9.0])),
     ...                      weighting.init(2))
-    >>> w  # s² = 4: steps 0.1·(1/8 + 1/20) and 0.1·(9/8 + 1/20) from 1/2
+    >>> w.round(4)  # s² = 4: steps 0.1·(1/8 + 1/20), 0.1·(9/8 + 1/20)
     Array([0.55, 0.45], dtype=float32)
 
   References:
@@ -152,7 +152,7 @@ def modo(
     >>> agg = fairgrad_jax.modo(num_tasks=2)
     >>> d, state = agg.update({"w": jnp.array([[1.0, 0.0], [0.0, 3.0]])},
     ...                       agg.init(None))
-    >>> state.weights
+    >>> state.weights.round(4)
     Array([0.55, 0.45], dtype=float32)
 
   References:
