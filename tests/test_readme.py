@@ -154,18 +154,28 @@ def _parse_signature(text):
 
 
 _REQUIRED = object()
+# A required argument gets 2 (a count of 2 tasks), except these; and the rows
+# run on 2 tasks, except those that need more (Krum: K >= f + 3, the trimmed
+# mean: K >= 2t + 1, with f = t = 2).
+_REQUIRED_VALUES = {("constant", "weights"): (1.0, 0.5)}
+_ROW_TASKS = {"krum": 5, "trimmed_mean": 5}
+
+
+def _required(name, arg):
+  return _REQUIRED_VALUES.get((name, arg), 2)
 
 
 def test_method_table_lists_every_factory():
   names = [_parse_signature(row)[0] for row in _method_rows()]
-  assert len(names) == len(set(names)) == 30, names
+  assert len(names) == len(set(names)) == 34, names
   for name in names:
     assert name in fj.__all__, name
-  # Exactly the exported factories: each weighting's, GradDrop, MoCo and
-  # ExcessMTL.
+  # Exactly the exported factories: each weighting's, GradDrop, MoCo,
+  # ExcessMTL and the trimmed mean.
   factories = {n[:-len("_weighting")] for n in fj.__all__
                if n.endswith("_weighting")} | {"graddrop", "moco",
-                                                     "excess_mtl"}
+                                                     "excess_mtl",
+                                                     "trimmed_mean"}
   assert set(names) == factories, set(names) ^ factories
 
 
@@ -210,9 +220,9 @@ def test_method_table_signature_is_the_real_one(row):
   for arg in required:
     if parameters[arg].default is not inspect.Parameter.empty:
       with pytest.raises((TypeError, ValueError), match=arg):
-        factory(**{a: 2 for a in required if a != arg})
+        factory(**{a: _required(name, a) for a in required if a != arg})
   # Not marked required: the factory builds without it.
-  factory(**{a: 2 for a in required})
+  factory(**{a: _required(name, a) for a in required})
 
 
 @pytest.mark.parametrize("row", _method_rows())
@@ -220,12 +230,17 @@ def test_method_table_row_builds_and_updates(row):
   """The row as written (required arguments given 2 tasks) gives an
   aggregator that maps stacked gradients to a finite update."""
   name, listed, _ = _parse_signature(row)
-  kwargs = {a: (2 if d is _REQUIRED else d) for a, _, d in listed}
+  kwargs = {a: (_required(name, a) if d is _REQUIRED else d)
+            for a, _, d in listed}
   aggregator = getattr(fj, name)(**kwargs)
   params = {"w": jnp.array([1.0, -2.0, 0.5])}
-  grads = {"w": jnp.array([[1.0, 0.5, 0.0], [-0.3, 1.0, 2.0]])}
+  k = _ROW_TASKS.get(name, 2)
+  more = np.random.default_rng(0).standard_normal((k - 2, 3))
+  grads = {"w": jnp.concatenate([
+      jnp.array([[1.0, 0.5, 0.0], [-0.3, 1.0, 2.0]]),
+      jnp.asarray(more, jnp.float32)])}
   state = aggregator.init(params)
   update, _ = aggregator.update(grads, state, params,
-                                losses=jnp.array([1.0, 3.0]))
+                                losses=jnp.linspace(1.0, 3.0, k))
   assert update["w"].shape == (3,)
   assert np.all(np.isfinite(update["w"])), (row, update)
