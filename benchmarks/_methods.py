@@ -52,7 +52,7 @@ def _unseeded(weighting: fj.Weighting) -> Callable[[int], fj.Weighting]:
 
 
 def default_methods(alphas: Sequence[float] = (1.0, 2.0, 5.0)) -> list[Method]:
-  """STL, LS, MGDA, PCGrad, CAGrad, Nash-MTL, FAMO, STCH, IMTL-L, GLS,
+  """STL, LS, Mean, MGDA, PCGrad, CAGrad, Nash-MTL, FAMO, STCH, IMTL-L, GLS,
   DB-MTL, UPGrad, DualProj, Aligned-MTL, ConFIG, GradVac, SDMGrad, MoDo,
   CR-MOGM (of MGDA), GradNorm, PBI, COSMOS (equal preferences) and
   FairGrad per α.
@@ -63,6 +63,7 @@ def default_methods(alphas: Sequence[float] = (1.0, 2.0, 5.0)) -> list[Method]:
   return [
       Method(STL, None),
       Method("LS", _unseeded(fj.linear_scalarization_weighting())),
+      Method("Mean", _unseeded(fj.mean_weighting())),
       Method("MGDA", _unseeded(fj.mgda_weighting())),
       Method("PCGrad", lambda seed: fj.pcgrad_weighting(seed=seed)),
       Method("CAGrad", _unseeded(fj.cagrad_weighting(c=0.4))),

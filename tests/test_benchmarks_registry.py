@@ -20,6 +20,7 @@ from benchmarks import _methods  # pylint: disable=g-import-not-at-top,wrong-imp
 FACTORY_CALLS = {
     "LS": lambda k, shared, seed: fj.linear_scalarization(
         num_tasks=k, shared=shared),
+    "Mean": lambda k, shared, seed: fj.mean(num_tasks=k, shared=shared),
     "MGDA": lambda k, shared, seed: fj.mgda(num_tasks=k, shared=shared),
     "PCGrad": lambda k, shared, seed: fj.pcgrad(
         seed=seed, num_tasks=k, shared=shared),
