@@ -311,6 +311,37 @@ def test_max_pool_and_unpool_match_naive():
   np.testing.assert_allclose(unpooled, naive)
 
 
+def _first_max_gradient(x, w):
+  """The gradient of sum(w * maxpool_2x2(x)) sent to each window's first
+  maximum (row-major), as torch and flax's max_pool send it."""
+  b, h, ww, c = x.shape
+  grad = np.zeros_like(x)
+  for n, i, j, k in np.ndindex(b, h // 2, ww // 2, c):
+    window = x[n, 2 * i:2 * i + 2, 2 * j:2 * j + 2, k].reshape(-1)
+    r, s = divmod(int(np.argmax(window)), 2)
+    grad[n, 2 * i + r, 2 * j + s, k] = w[n, i, j, k]
+  return grad
+
+
+@pytest.mark.parametrize("pool", ["max_pool_2x2", "max_pool_with_argmax"])
+def test_max_pool_gradient_goes_to_the_first_maximum(pool):
+  from fairgrad_jax.models._layers import max_pool_2x2  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  fn = {"max_pool_2x2": max_pool_2x2,
+        "max_pool_with_argmax": lambda x: segnet_mtan.max_pool_with_argmax(
+            x)[0]}[pool]
+  # Ties, as after a ReLU: integers in 0..2 give windows with 2-4 maxima.
+  x = np.asarray(jax.random.randint(_key(10), (2, 4, 6, 3), 0, 3),
+                 np.float32)
+  w = np.asarray(jax.random.normal(_key(11), (2, 2, 3, 3)))
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(fn(x) * w)))(jnp.asarray(x))
+  expected = _first_max_gradient(x, w)
+  np.testing.assert_array_equal(grad, expected)
+  flax_grad = jax.grad(lambda x: jnp.sum(
+      nn.max_pool(x, (2, 2), strides=(2, 2)) * w))(jnp.asarray(x))
+  np.testing.assert_array_equal(flax_grad, expected)
+
+
 def test_bilinear_upsampling_aligns_corners():
   x = np.asarray(jax.random.normal(_key(7), (1, 3, 4, 2)))
   up = np.asarray(segnet_mtan.upsample_bilinear_align_corners(jnp.asarray(x)))

@@ -37,10 +37,11 @@ References:
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from fairgrad_jax.models._layers import max_pool_2x2
+from fairgrad_jax.models._layers import window_max
+from fairgrad_jax.models._layers import windows_2x2
 
 __all__ = ["max_pool_with_argmax", "max_unpool", "SegNetMTAN",
            "upsample_bilinear_align_corners"]
@@ -54,6 +55,10 @@ _zeros = nn.initializers.zeros_init()
 def max_pool_with_argmax(x):
   """2 × 2 max-pool (stride 2) and the one-hot position of each maximum.
 
+  The gradient of the pooled values goes to the first maximum of each
+  window, as torch's ``MaxPool2d`` sends it (see
+  :func:`fairgrad_jax.models._layers.window_max`).
+
   Args:
     x: (B, H, W, C) with even H and W.
 
@@ -61,13 +66,8 @@ def max_pool_with_argmax(x):
     (pooled (B, H/2, W/2, C), where (B, H/2, W/2, 4, C)): ``where`` marks the
     first maximum of each window in row-major order, as PyTorch's indices.
   """
-  b, h, w, c = x.shape
-  windows = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-  windows = windows.reshape(b, h // 2, w // 2, 4, c)
-  pooled = jnp.max(windows, axis=3)
-  where = jax.nn.one_hot(jnp.argmax(windows, axis=3), 4, axis=3,
-                         dtype=x.dtype)
-  return pooled, jax.lax.stop_gradient(where)
+  pooled, first = window_max(windows_2x2(x))
+  return pooled, first.astype(x.dtype)
 
 
 def max_unpool(y, where):
