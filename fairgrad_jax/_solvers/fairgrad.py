@@ -36,12 +36,13 @@ How the solve works (all inside ``jit``, one ``lax.while_loop``):
   (``init``, e.g. the previous step's weights) a slowly drifting problem
   takes 1–2 iterations.
 * We stop once every task's relative residual
-  |(GᵀG w)_i / w_i^(-1/α) - 1| is at most ``tol``, or a full Newton step
-  changed no weight by more than ``tol`` relatively (the weights are then
-  within about tol² of the root, even where the residual of a task whose
-  (GᵀG w)_i cancels cannot be brought below round-off times the
-  cancellation), or when no step length decreases f (round-off), or at
-  ``maxiter``.
+  |(GᵀG w)_i / w_i^(-1/α) - 1| is at most ``tol``, or once the weights'
+  estimated remaining relative error is (after a full Newton step:
+  Deuflhard's simplified Newton correction, or the step times the
+  contraction of two successive steps; this holds even where the residual
+  of a task whose (GᵀG w)_i cancels cannot be brought below round-off
+  times the cancellation), or when no step length decreases f
+  (round-off), or at ``maxiter``.
 * A task whose gradient is zero (a_i = 0) has no finite weight: (g_iᵀd)^(-α)
   is infinite. It drops out of the solve and gets weight 0.
 * Rank-deficient Gram matrices (linearly dependent gradients, e.g. a Pareto
@@ -189,7 +190,7 @@ def _terms(x, prob):
   # the error-free product and sum instead (C q / e^(m_i)).
   lq_max = jnp.max(lq)
   q_lin = jnp.exp(lq - lq_max)
-  cq_lin = _accurate_matvec(prob.corr, q_lin) * jnp.exp(
+  cq_lin = _common.accurate_matvec(prob.corr, q_lin) * jnp.exp(
       jnp.clip(lq_max - m, -_LINEAR_RANGE, _LINEAR_RANGE))
   cq = jnp.where(m - lq_max > -_LINEAR_RANGE, cq_lin, cq_log)
   # Diagonal of the Newton matrix W H W: h_i = (1+λ) q_i² + r_i / α.
@@ -208,18 +209,40 @@ def _terms(x, prob):
   return _Terms(rel, g_hat, norm, hess, lq, lr, lh, ly, cq > 0)
 
 
-def _newton_step(tm):
-  """Δx solving (W H W) Δx = -∇f, and ∇fᵀΔx in units of e^(2 norm)."""
+def _newton_factor(tm):
+  """Cholesky factor of the unit-diagonal Newton matrix W H W."""
   k = tm.g_hat.shape[0]
   eps = jnp.finfo(tm.g_hat.dtype).eps
   # A relative jitter of a few ulps keeps the Cholesky factor finite when the
   # Newton matrix is singular to working precision (then the step is a
   # slightly damped Newton step, still a descent direction).
   hess = tm.hess + (10.0 * k * eps) * jnp.eye(k, dtype=tm.hess.dtype)
-  chol = jax.scipy.linalg.cho_factor(hess, lower=True)
+  return jax.scipy.linalg.cho_factor(hess, lower=True)
+
+
+def _newton_step(tm, chol=None):
+  """Δx solving (W H W) Δx = -∇f, and ∇fᵀΔx in units of e^(2 norm)."""
+  chol = _newton_factor(tm) if chol is None else chol
   y = jax.scipy.linalg.cho_solve(chol, -tm.g_hat)
   step = y * jnp.exp(tm.norm - 0.5 * tm.lh)
   return step, jnp.dot(tm.g_hat, y)
+
+
+def _simplified_correction(tm, chol, tm_new):
+  """Largest |Δx̄|, Δx̄ = -H(x)⁻¹ ∇f(x_new): Deuflhard's simplified Newton
+  correction, with the Newton matrix (its factor ``chol``) of the step just
+  taken. After a full Newton step it estimates the new iterate's distance
+  to the root, to first order, from one step alone (Deuflhard, "Newton
+  Methods for Nonlinear Problems", 2004, Section 2.1.2). inf where it cannot
+  be formed in the dtype.
+  """
+  # ∇f(x_new)_i = ĝ_new,i √h_new,i e^(norm_new); in the old units.
+  shift = jnp.clip(0.5 * (tm_new.lh - tm.lh) + tm_new.norm - tm.norm,
+                   -_LINEAR_RANGE, _LINEAR_RANGE)
+  y = jax.scipy.linalg.cho_solve(chol, -tm_new.g_hat * jnp.exp(shift))
+  size = jnp.max(jnp.abs(y * jnp.exp(jnp.clip(
+      tm.norm - 0.5 * tm.lh, -_LINEAR_RANGE, _LINEAR_RANGE))))
+  return jnp.where(jnp.isfinite(size), size, jnp.inf)
 
 
 def _log_newton_step(tm, prob):
@@ -341,7 +364,8 @@ def _solve(x0, prob, active, maxiter, tol):
       return (step, jnp.where(jnp.any(ok), ts[first], 0.0),
               jnp.where(jnp.any(ok), change[first], jnp.inf), ok)
 
-    step_f, t_f, change_f, ok_f = search(*_newton_step(tm))
+    chol = _newton_factor(tm)
+    step_f, t_f, change_f, ok_f = search(*_newton_step(tm, chol))
     step_l, t_l, change_l, ok_l = search(*_log_newton_step(tm, prob))
     use_l = (change_l < change_f) & jnp.all(tm.y_pos | ~active)
     step = jnp.where(use_l, step_l, step_f)
@@ -363,10 +387,18 @@ def _solve(x0, prob, active, maxiter, tol):
     # quadratic phase). last = 0: the previous step was not a full one, θ
     # counts as 1 (a full step below tol is itself the distance to the root,
     # to first order).
+    # Deuflhard's simplified correction Δx̄ estimates it from the step just
+    # taken (a warm start one step from the root stops after it), trusted
+    # where it shows Newton's contraction (|Δx̄| <= |Δx| / 2, his natural
+    # monotonicity test).
     full = finite & (t == 1.0)
-    remaining = moved * jnp.minimum(1.0, moved / last)
+    tm_new = _terms(x_new, prob)
+    simplified = _simplified_correction(tm, chol, tm_new)
+    remaining = jnp.minimum(
+        moved * jnp.minimum(1.0, moved / last),
+        jnp.where(simplified <= 0.5 * moved, simplified, jnp.inf))
     settled = full & (remaining <= tol)
-    err = worst(_terms(x_new, prob).rel)
+    err = worst(tm_new.rel)
     # In Newton's quadratic phase a full step cuts the residual many-fold;
     # one that does not halve it is at the round-off floor.
     better = err < _PROGRESS * best_err
@@ -408,62 +440,6 @@ def _rescale(x, prob, active):
   return jnp.where(active & ok, x + jnp.clip(c, -_MAX_STEP, _MAX_STEP), x)
 
 
-def _power_of_two(x):
-  """2^floor(log2 x) for x > 0 (1 otherwise): exact to divide by."""
-  return jnp.where(x > 0, jnp.exp2(jnp.floor(jnp.log2(jnp.where(x > 0, x,
-                                                                 1.0)))),
-                   1.0)
-
-
-def _two_sum(a, b):
-  """s + e = a + b exactly (Knuth)."""
-  s = a + b
-  z = s - a
-  return s, (a - (s - z)) + (b - z)
-
-
-def _two_product(a, b):
-  """p + e = a * b exactly (Dekker's splitting)."""
-  factor = 2.0 ** (jnp.finfo(a.dtype).nmant // 2 + 1) + 1.0
-  def split(v):
-    c = factor * v
-    hi = c - (c - v)
-    return hi, v - hi
-  p = a * b
-  ah, al = split(a)
-  bh, bl = split(b)
-  return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
-
-
-def _accurate_sum(terms):
-  """Row sums of (K, K) ``terms`` with twice the working precision.
-
-  Pairwise summation by error-free transformations (a cascaded sum): each
-  level adds pairs with :func:`_two_sum` and carries the rounding errors,
-  which are summed plainly at the end. log2(K) vectorized levels, no loop.
-  """
-  n = terms.shape[1]
-  width = 1 << max(n - 1, 0).bit_length()
-  s = jnp.pad(terms, ((0, 0), (0, width - n)))
-  err = jnp.zeros(terms.shape[:1], terms.dtype)
-  while s.shape[1] > 1:
-    s, e = _two_sum(s[:, 0::2], s[:, 1::2])
-    err = err + jnp.sum(e, axis=1)
-  return s[:, 0] + err
-
-
-def _accurate_matvec(a, w):
-  """A w as if in twice the working precision (Ogita, Rump & Oishi's Dot2).
-
-  Conflicting task gradients make (GᵀG w)_i a sum of terms that nearly
-  cancel: in plain float32 its relative error is eps times the cancellation
-  factor, 1e-4 and more near a Pareto-stationary point, far above the
-  residual we want. Error-free products and sums make it eps-accurate.
-  """
-  p, e = _two_product(a, w[None, :])
-  return _accurate_sum(jnp.concatenate([p, e], axis=1))
-
-
 def _polish(weights, x, gram, prob, active, alpha):
   """Newton steps on the equation as given; returns (weights, residuals).
 
@@ -494,9 +470,9 @@ def _polish(weights, x, gram, prob, active, alpha):
     # Powers of two bring both factors to O(1) first: Dekker's splitting
     # leaves low parts 2^-12 below an entry, which the CPU flushes to zero
     # (and the product loses them) once they fall below float's normal range.
-    gs = _power_of_two(jnp.max(jnp.abs(gram)))
-    ws = _power_of_two(jnp.max(w))
-    aw = _accurate_matvec(gram / gs, w / ws)
+    gs = _common.power_of_two(jnp.max(jnp.abs(gram)))
+    ws = _common.power_of_two(jnp.max(w))
+    aw = _common.accurate_matvec(gram / gs, w / ws)
     return jnp.where(active, aw * (gs * ws) / target - 1.0, 0.0), target
 
   def worst(rel):
