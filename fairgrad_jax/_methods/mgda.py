@@ -16,14 +16,14 @@ _NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
 class MGDAInfo(NamedTuple):
-  """Diagnostics of the last Frank–Wolfe solve (MGDA's state).
+  """Diagnostics of the last min-norm solve (MGDA's state).
 
   Attributes:
-    num_iterations: Frank–Wolfe iterations (int32).
+    num_iterations: Frank–Wolfe and active-set iterations (int32).
     squared_norm: ‖Σ_i w_i ĝ_i‖² of the normalised gradients ĝ_i, in the
       units of the σ-scaled Gram matrix (0 at a Pareto-stationary point).
-    converged: whether Frank–Wolfe met its tolerance rather than stopping
-      at ``maxiter`` (bool; False before the first step).
+    converged: whether the solve verified the minimiser (KKT to round-off)
+      within ``maxiter`` (bool; False before the first step).
   """
 
   num_iterations: jax.Array
@@ -45,7 +45,8 @@ def mgda_weighting(normalization: Normalization = "none", *,
   Args:
     normalization: "none" (default, the paper's), "l2", "loss" or "loss+"
       ("loss" and "loss+" need the losses).
-    maxiter: Frank–Wolfe iterations at most, >= 1 (the authors' 250).
+    maxiter: iterations at most, >= 1 (the authors' 250; Frank–Wolfe
+      gets half, the active-set finish the rest: see :func:`mgda_solve`).
     tol: L1 stopping tolerance on the weights, finite and > 0 (the authors'
       1e-5).
 
@@ -144,7 +145,8 @@ def mgda(
 
   d = Σ_i w_i g_i with w = argmin_{w ∈ Δ_K} ‖Σ_i w_i ĝ_i‖², ĝ_i = g_i / n_i the
   normalised gradients, solved on the Gram matrix by Frank–Wolfe with exact
-  line search (closed form for K = 2; see :func:`mgda_solve`). As in the
+  line search and an exact active-set finish (closed form for K = 2; see
+  :func:`mgda_solve`). As in the
   authors' code, the weights found for the normalised gradients multiply the
   raw gradients (their training loop backpropagates Σ_i w_i l_i), task heads
   included. With ``normalization="none"`` every task improves: g_iᵀd >= ‖d‖².
@@ -165,7 +167,8 @@ def mgda(
     scale_by_num_tasks: multiply the shared update by K, as Nash-MTL's
       re-implementation does (``sol * n_tasks``); off by default.
     max_norm: clip the global norm of the shared update.
-    maxiter: Frank–Wolfe iterations at most, >= 1 (the authors' 250).
+    maxiter: iterations at most, >= 1 (the authors' 250; Frank–Wolfe
+      gets half, the active-set finish the rest: see :func:`mgda_solve`).
     tol: L1 stopping tolerance on the weights, finite and > 0 (the authors'
       1e-5).
 
