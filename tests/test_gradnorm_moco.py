@@ -83,6 +83,8 @@ def _relative(ours, ref):
 # --- LibMTL's values -------------------------------------------------------
 
 
+# One compile per setting and K: over the default suite's budget.
+@pytest.mark.slow
 def test_gradnorm_matches_libmtl():
   for case in CASES:
     steps = len(case["losses"])
@@ -103,6 +105,8 @@ def test_gradnorm_matches_libmtl():
                                  rtol=1e-5)
 
 
+# One compile per setting and K: over the default suite's budget.
+@pytest.mark.slow
 def test_moco_matches_libmtl():
   for case in CASES:
     for ref in case["moco"]:
@@ -117,6 +121,8 @@ def test_moco_matches_libmtl():
       assert _relative(d, ref["updates"]) < 2e-5, msg
 
 
+# One compile per setting and K: over the default suite's budget.
+@pytest.mark.slow
 def test_excess_mtl_matches_libmtl():
   for case in CASES:
     for ref in case["excess_mtl"]:

@@ -42,6 +42,8 @@ def _max_relative(ours, ref):
 # --- TorchJD's values ------------------------------------------------------
 
 
+# One compile per setting and K: over the default suite's budget.
+@pytest.mark.slow
 def test_pbi_matches_torchjd():
   worst = 0.0
   for case in CASES:
@@ -58,6 +60,8 @@ def test_pbi_matches_torchjd():
   assert worst < 1e-4
 
 
+# One compile per setting and K: over the default suite's budget.
+@pytest.mark.slow
 def test_cosmos_matches_torchjd():
   for case in CASES:
     for ref in case["cosmos"]:
