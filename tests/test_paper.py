@@ -146,6 +146,23 @@ def test_every_method_builds_with_the_authors_settings():
   assert protocols.find_method("linear_scalarization").name == "LS"
 
 
+def test_registry_methods_are_selectable_and_the_readme_lists_them():
+  import re  # pylint: disable=g-import-not-at-top
+  from benchmarks import _methods  # pylint: disable=g-import-not-at-top
+  # Every method of the training benchmarks' registry is a --method.
+  for method in _methods.default_methods(alphas=(2.0,)):
+    spec = protocols.find_method(method.name.split(" α=")[0])
+    if spec.registry is not None:
+      assert spec.registry.name == method.name
+      assert protocols.find_method(spec.factory) is spec
+  readme = (ROOT / "README.md").read_text()
+  start = readme.index("`--method` takes any method")
+  paragraph = readme[start:readme.index("\n\n", start)]
+  for spec in protocols.METHODS:
+    assert re.search(rf"(?<![\w-]){re.escape(spec.name)}(?![\w-])",
+                     paragraph), spec.name
+
+
 def test_fairgrad_update_is_scaled_and_clipped_as_the_authors():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top

@@ -203,6 +203,9 @@ class MethodSpec:
     kwargs: the factory's arguments.
     clip: global-norm clip of the shared update (after aggregation), or None.
     aliases: other accepted command-line names.
+    registry: the entry of ``benchmarks/_methods.py`` that builds the
+      aggregator, for the package's methods the authors' code lacks (None:
+      ``factory(**kwargs)``).
   """
 
   name: str
@@ -210,6 +213,7 @@ class MethodSpec:
   kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
   clip: float | None = None
   aliases: tuple[str, ...] = ()
+  registry: Any = None
 
 
 # methods/weight_methods.py and experiments/utils.py of the authors' code.
@@ -220,7 +224,7 @@ class MethodSpec:
 # override ``backward`` and clip the aggregated shared gradient at 1.0.
 # Nash-MTL's own repository clipped after the aggregation; this code, which
 # produced the paper's FairGrad numbers, does not.
-METHODS = (
+AUTHORS_METHODS = (
     MethodSpec("STL", None, aliases=("single_task",)),
     MethodSpec("LS", "linear_scalarization", aliases=("linear_scalarization",)),
     MethodSpec("SI", "scale_invariant", aliases=("scale_invariant",
@@ -255,6 +259,28 @@ METHODS = (
 
 def method_key(name: str) -> str:
   return name.lower().replace(" ", "").replace("-", "").replace("_", "")
+
+
+def _registry_methods() -> tuple[MethodSpec, ...]:
+  """The package's methods that the authors' code lacks (STCH, DB-MTL,
+  UPGrad, ...), from the training benchmarks' registry with its settings
+  (their factories' defaults), no clip; their factory names are aliases."""
+  from benchmarks import _methods  # pylint: disable=g-import-not-at-top
+  known = {method_key(n) for spec in AUTHORS_METHODS
+           for n in (spec.name, *spec.aliases)}
+  extra = []
+  for method in _methods.default_methods(alphas=()):
+    if method.single_task:
+      continue
+    factory = method.weighting(0).name
+    if {method_key(method.name), method_key(factory)} & known:
+      continue
+    extra.append(MethodSpec(method.name, factory, aliases=(factory,),
+                            registry=method))
+  return tuple(extra)
+
+
+METHODS = AUTHORS_METHODS + _registry_methods()
 
 
 def find_method(name: str) -> MethodSpec:

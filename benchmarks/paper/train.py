@@ -91,6 +91,8 @@ def build_aggregator(spec: protocols.MethodSpec, *, alpha: float,
   """The method's aggregator with the authors' hyperparameters."""
   if spec.factory is None:
     return single_task(main_task)
+  if spec.registry is not None:
+    return spec.registry.build(num_tasks, shared, seed)
   factory = getattr(fj, spec.factory)
   kwargs = dict(spec.kwargs)
   if spec.factory == "fairgrad":
