@@ -39,10 +39,12 @@ WEIGHTINGS["mgda_loss+"] = lambda: fj.mgda_weighting("loss+")
 NAMES = sorted(WEIGHTINGS)
 # Frank–Wolfe / projected gradient stop on a weight change, not at the
 # optimum; the Gram matrices of the modes differ in the last bits.
-RTOL = {"mgda": 1e-3, "mgda_loss+": 1e-3, "cagrad": 1e-3}
+# SDMGrad runs a fixed 20 momentum steps of size 10 on the simplex, which
+# amplify those last-bit differences (measured 1.8e-4 between modes).
+RTOL = {"mgda": 1e-3, "mgda_loss+": 1e-3, "cagrad": 1e-3, "sdmgrad": 1e-3}
 # ... so their updates agree to that tolerance relative to ‖d‖ (entries
 # of d near 0 then differ by more than rtol of themselves).
-ATOL = {"mgda": 1e-4, "mgda_loss+": 1e-4, "cagrad": 1e-4}
+ATOL = {"mgda": 1e-4, "mgda_loss+": 1e-4, "cagrad": 1e-4, "sdmgrad": 1e-4}
 MASK = {"w1": True, "w2": False}  # w2 holds the three task heads
 
 
