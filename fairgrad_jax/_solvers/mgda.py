@@ -284,9 +284,11 @@ def mgda_solve(gram: jax.Array, *, maxiter: int = 250, tol: float = 1e-5
   # Pareto-stationary up to round-off: ‖d‖² = wᵀAw is below what the Gram
   # matrix resolves (its entries carry about eps ‖g_i‖ ‖g_j‖), so d's
   # direction is noise: d = 0.
+  # (The exact d = 0 of a zero gradient's vertex keeps its weights.)
   norms = jnp.sqrt(jnp.maximum(jnp.diagonal(a), 0.0))
-  noise = (w @ a @ w) <= (_STATIONARY * jnp.finfo(dtype).eps
-                          * (norms @ jnp.abs(w)) ** 2)
+  mass = norms @ jnp.abs(w)
+  noise = ((w @ a @ w) <= _STATIONARY * jnp.finfo(dtype).eps * mass ** 2) & (
+      mass > 0)
   w = jnp.where(noise, jnp.zeros_like(w), w)
   # At the optimum g_iᵀd >= ‖d‖² >= 0; a d that conflicts beyond round-off
   # only comes from a (numerically) Pareto-stationary point: d = 0 there.
