@@ -36,13 +36,12 @@ How the solve works (all inside ``jit``, one ``lax.while_loop``):
   (``init``, e.g. the previous step's weights) a slowly drifting problem
   takes 1–2 iterations.
 * We stop once every task's relative residual
-  |(GᵀG w)_i / w_i^(-1/α) - 1| is at most ``tol``, or once the weights'
-  estimated remaining relative error is (after a full Newton step:
-  Deuflhard's simplified Newton correction, or the step times the
-  contraction of two successive steps; this holds even where the residual
-  of a task whose (GᵀG w)_i cancels cannot be brought below round-off
-  times the cancellation), or when no step length decreases f
-  (round-off), or at ``maxiter``.
+  |(GᵀG w)_i / w_i^(-1/α) - 1| is at most ``tol``, or a full Newton step
+  changed no weight by more than ``tol`` relatively (the weights are then
+  within about tol² of the root, even where the residual of a task whose
+  (GᵀG w)_i cancels cannot be brought below round-off times the
+  cancellation), or when no step length decreases f (round-off), or at
+  ``maxiter``.
 * A task whose gradient is zero (a_i = 0) has no finite weight: (g_iᵀd)^(-α)
   is infinite. It drops out of the solve and gets weight 0.
 * Rank-deficient Gram matrices (linearly dependent gradients, e.g. a Pareto
@@ -209,40 +208,18 @@ def _terms(x, prob):
   return _Terms(rel, g_hat, norm, hess, lq, lr, lh, ly, cq > 0)
 
 
-def _newton_factor(tm):
-  """Cholesky factor of the unit-diagonal Newton matrix W H W."""
+def _newton_step(tm):
+  """Δx solving (W H W) Δx = -∇f, and ∇fᵀΔx in units of e^(2 norm)."""
   k = tm.g_hat.shape[0]
   eps = jnp.finfo(tm.g_hat.dtype).eps
   # A relative jitter of a few ulps keeps the Cholesky factor finite when the
   # Newton matrix is singular to working precision (then the step is a
   # slightly damped Newton step, still a descent direction).
   hess = tm.hess + (10.0 * k * eps) * jnp.eye(k, dtype=tm.hess.dtype)
-  return jax.scipy.linalg.cho_factor(hess, lower=True)
-
-
-def _newton_step(tm, chol=None):
-  """Δx solving (W H W) Δx = -∇f, and ∇fᵀΔx in units of e^(2 norm)."""
-  chol = _newton_factor(tm) if chol is None else chol
+  chol = jax.scipy.linalg.cho_factor(hess, lower=True)
   y = jax.scipy.linalg.cho_solve(chol, -tm.g_hat)
   step = y * jnp.exp(tm.norm - 0.5 * tm.lh)
   return step, jnp.dot(tm.g_hat, y)
-
-
-def _simplified_correction(tm, chol, tm_new):
-  """Largest |Δx̄|, Δx̄ = -H(x)⁻¹ ∇f(x_new): Deuflhard's simplified Newton
-  correction, with the Newton matrix (its factor ``chol``) of the step just
-  taken. After a full Newton step it estimates the new iterate's distance
-  to the root, to first order, from one step alone (Deuflhard, "Newton
-  Methods for Nonlinear Problems", 2004, Section 2.1.2). inf where it cannot
-  be formed in the dtype.
-  """
-  # ∇f(x_new)_i = ĝ_new,i √h_new,i e^(norm_new); in the old units.
-  shift = jnp.clip(0.5 * (tm_new.lh - tm.lh) + tm_new.norm - tm.norm,
-                   -_LINEAR_RANGE, _LINEAR_RANGE)
-  y = jax.scipy.linalg.cho_solve(chol, -tm_new.g_hat * jnp.exp(shift))
-  size = jnp.max(jnp.abs(y * jnp.exp(jnp.clip(
-      tm.norm - 0.5 * tm.lh, -_LINEAR_RANGE, _LINEAR_RANGE))))
-  return jnp.where(jnp.isfinite(size), size, jnp.inf)
 
 
 def _log_newton_step(tm, prob):
@@ -364,8 +341,7 @@ def _solve(x0, prob, active, maxiter, tol):
       return (step, jnp.where(jnp.any(ok), ts[first], 0.0),
               jnp.where(jnp.any(ok), change[first], jnp.inf), ok)
 
-    chol = _newton_factor(tm)
-    step_f, t_f, change_f, ok_f = search(*_newton_step(tm, chol))
+    step_f, t_f, change_f, ok_f = search(*_newton_step(tm))
     step_l, t_l, change_l, ok_l = search(*_log_newton_step(tm, prob))
     use_l = (change_l < change_f) & jnp.all(tm.y_pos | ~active)
     step = jnp.where(use_l, step_l, step_f)
@@ -387,18 +363,10 @@ def _solve(x0, prob, active, maxiter, tol):
     # quadratic phase). last = 0: the previous step was not a full one, θ
     # counts as 1 (a full step below tol is itself the distance to the root,
     # to first order).
-    # Deuflhard's simplified correction Δx̄ estimates it from the step just
-    # taken (a warm start one step from the root stops after it), trusted
-    # where it shows Newton's contraction (|Δx̄| <= |Δx| / 2, his natural
-    # monotonicity test).
     full = finite & (t == 1.0)
-    tm_new = _terms(x_new, prob)
-    simplified = _simplified_correction(tm, chol, tm_new)
-    remaining = jnp.minimum(
-        moved * jnp.minimum(1.0, moved / last),
-        jnp.where(simplified <= 0.5 * moved, simplified, jnp.inf))
+    remaining = moved * jnp.minimum(1.0, moved / last)
     settled = full & (remaining <= tol)
-    err = worst(tm_new.rel)
+    err = worst(_terms(x_new, prob).rel)
     # In Newton's quadratic phase a full step cuts the residual many-fold;
     # one that does not halve it is at the round-off floor.
     better = err < _PROGRESS * best_err
