@@ -185,7 +185,9 @@ def test_krum_matches_torchjd(k, x64):
     assert ties > 0
 
 
-@pytest.mark.parametrize("k", [k for k in BUILDER_KS if k != 2])
+# Krum needs K > 2f + 2 tasks: the peer data have no Krum setting at K = 2.
+@pytest.mark.parametrize(
+    "k", [k for k in BUILDER_KS if getattr(k, "values", (k,))[0] != 2])
 def test_krum_aggregator_matches_torchjd(k):
   """Through the stacked builder (float32, scaled Gram matrix), on the
   last setting."""
