@@ -468,11 +468,7 @@ def aggregator(
       # On u = d / 2^s (entries O(1)) and the σ-free gradients; d̃ = d /
       # (2^(e p) factor) = u · 2^(s - e p) / factor.
       d_norm, s = norm_and_log2(shared_out, gram.dtype)
-      gd = sum(jnp.tensordot(
-          _gram.times_pow2(g.astype(gram.dtype), -e).reshape(k, -1),
-          _gram.times_pow2(d, -s).reshape(-1), axes=1,
-          precision=jax.lax.Precision.HIGHEST)
-               for g, d in zip(shared_leaves, shared_out))
+      gd = _gram.task_products(shared_leaves, shared_out, -e, -s, gram.dtype)
       log2_factor = float(np.log2(k)) if scale_by_num_tasks else 0.0
       zero = weighting.zero_at_stationary & conflicts(
           gram, w_scaled, gd, d_norm, e * weighting.degree + log2_factor - s,

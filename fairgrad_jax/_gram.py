@@ -237,6 +237,17 @@ def times_pow2(x, t):
   return jnp.where(frac == 0, out, out * jnp.exp2(frac).astype(x.dtype))
 
 
+def fold_pow2(v, t):
+  """v · 2^t where that is exact for every entry (a normal number or 0, as
+  v_i is), NaN everywhere otherwise: a power of two to move from a large
+  operand onto a small one only where the move changes no product."""
+  out = times_pow2(v, t)
+  tiny = jnp.finfo(out.dtype).tiny
+  exact = jnp.all(jnp.isfinite(out) & jnp.isfinite(v)
+                  & jnp.where(v == 0, True, jnp.abs(out) >= tiny))
+  return jnp.where(exact, out, jnp.nan)
+
+
 def log2_scale(leaves, dtype) -> jax.Array:
   """e = log2 σ, σ the power of two nearest max |leaves| (0 if 0 or not finite)."""
   return _log2_of(jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(dtype)
@@ -412,18 +423,33 @@ def weighted_sum(weights: jax.Array, x: jax.Array, *, log2_in=None,
   """
   dtype = jnp.promote_types(x.dtype, jnp.float32)
   y = x.astype(dtype)
-  if log2_in is not None:
-    y = times_pow2(y, log2_in)
   weights = weights.astype(dtype)
-  out = jnp.tensordot(weights, y, axes=1, precision=_HIGHEST)
+
+  def scaled_input():
+    return y if log2_in is None else times_pow2(y, log2_in)
+
+  if log2_in is None:
+    out = jnp.tensordot(weights, y, axes=1, precision=_HIGHEST)
+  else:
+    # 2^log2_in goes into the K weights rather than the K×P gradients (on a
+    # CPU, scaling those costs more than the product itself): the terms
+    # (w_i 2^t) x_ij and w_i (2^t x_ij) are one rounding of the same number
+    # while w_i 2^t is a normal number or 0, so the sum is the same.
+    folded = fold_pow2(weights, log2_in)
+    out = jax.lax.cond(
+        jnp.all(jnp.isfinite(folded)),
+        lambda _: jnp.tensordot(folded, y, axes=1, precision=_HIGHEST),
+        lambda _: jnp.tensordot(weights, scaled_input(), axes=1,
+                                precision=_HIGHEST), None)
 
   def rescued(_):
     # Partial sums of entries near the top of the range overflow even when
     # the sum does not: redo it on y / 2^s, s from each coordinate's largest
     # entry over the tasks (only in that rare case; non-finite input stays
     # non-finite).
-    s = _log2_of(jnp.max(jnp.abs(y), axis=0))
-    return times_pow2(jnp.tensordot(weights, times_pow2(y, -s), axes=1,
+    z = scaled_input()
+    s = _log2_of(jnp.max(jnp.abs(z), axis=0))
+    return times_pow2(jnp.tensordot(weights, times_pow2(z, -s), axes=1,
                                     precision=_HIGHEST), s)
 
   out = jax.lax.cond(jnp.all(jnp.isfinite(out)), lambda _: out, rescued,
@@ -433,3 +459,36 @@ def weighted_sum(weights: jax.Array, x: jax.Array, *, log2_in=None,
   if factor is not None:
     out = out * factor
   return out.astype(x.dtype)
+
+
+def task_products(leaves, v_leaves, log2_x, log2_v, dtype) -> jax.Array:
+  """(K,) products Σ_leaves (2^log2_x x_i) · (2^log2_v v) in ``dtype``.
+
+  For (K, ...) leaves x and v leaves of one task's shape (e.g. the gradients
+  and the update, each scaled to O(1) by its power of two, so that no
+  product overflows). Both powers go onto v where that is exact (one pass
+  over the K×P gradients instead of two); otherwise each factor is scaled as
+  written.
+  """
+  def scaled(_):
+    return sum(jnp.tensordot(
+        times_pow2(x.astype(dtype), log2_x).reshape(x.shape[0], -1),
+        times_pow2(v.astype(dtype), log2_v).reshape(-1), axes=1,
+        precision=_HIGHEST) for x, v in zip(leaves, v_leaves))
+
+  folded = [times_pow2(v.astype(dtype), log2_x + log2_v) for v in v_leaves]
+
+  def fast(_):
+    return sum(jnp.tensordot(x.astype(dtype).reshape(x.shape[0], -1),
+                             f.reshape(-1), axes=1, precision=_HIGHEST)
+               for x, f in zip(leaves, folded))
+
+  # Exact where the folded entries are normal. Entries of v that the fold
+  # makes subnormal lose bits, but below 2^-149 absolute: harmless while the
+  # largest is at least tiny / eps (their error is then under eps^2 times
+  # the largest); a v that is all zeros gives 0 either way.
+  finfo = jnp.finfo(dtype)
+  big = jnp.max(jnp.stack([jnp.max(jnp.abs(f)) for f in folded]))
+  zero = jnp.all(jnp.stack([jnp.all(v == 0) for v in v_leaves]))
+  ok = jnp.isfinite(big) & ((big >= finfo.tiny / finfo.eps) | zero)
+  return jax.lax.cond(ok, fast, scaled, None)

@@ -119,3 +119,49 @@ def test_partial_sums_near_the_top_do_not_overflow(name):
   assert np.all(np.isfinite(d)), d
   if name == "linear_scalarization":
     np.testing.assert_allclose(d, [3e38, 3.0], rtol=1e-6)
+
+
+@functools.lru_cache(maxsize=None)
+def _weighted_sum_fn():
+  return jax.jit(lambda w, x, t: _gram.weighted_sum(w, x, log2_in=t))
+
+
+@functools.lru_cache(maxsize=None)
+def _task_products_fn():
+  return jax.jit(lambda x, v, tx, tv: _gram.task_products(
+      [x], [v], tx, tv, jnp.float32))
+
+
+@pytest.mark.parametrize("t", [0.0, -3.0, 60.0, -120.0, 140.0])
+def test_weighted_sum_folds_the_power_of_two_without_changing_a_bit(t):
+  """2^t moves onto the weights where that is exact (a normal product):
+  the sum is bitwise the sum of the scaled gradients; where it is not
+  (w_i 2^t overflows or turns subnormal), the gradients are scaled."""
+  rng = np.random.default_rng(0)
+  x = (rng.normal(size=(5, 3000)) * 2.0 ** -t).astype(np.float32)
+  x[:, :7] = 0.0
+  w = rng.uniform(0.1, 3.0, size=5).astype(np.float32)
+  w[2] = 2.0 ** -20  # 2^-20 · 2^-120 is subnormal: no fold at t = -120
+  expected = jnp.tensordot(jnp.asarray(w), _gram.times_pow2(x, t), axes=1,
+                           precision=jax.lax.Precision.HIGHEST)
+  got = _weighted_sum_fn()(w, x, t)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+@pytest.mark.parametrize("tx, tv", [(0.0, 0.0), (-20.0, 3.0), (-124.0, 0.0),
+                                    (100.0, 10.0), (-100.0, -40.0)])
+def test_task_products_match_float64_at_any_scale(tx, tv):
+  """The gradients' and the update's powers of two go onto the update where
+  the folded update stays normal; the products are float32-accurate either
+  way (2^tx x_i and 2^tv v are O(1): x near 2^126 at tx = -124, where the
+  fold would leave the update subnormal; XLA's CPU flushes subnormal inputs
+  to zero, so none is used)."""
+  rng = np.random.default_rng(1)
+  x = (rng.normal(size=(4, 2000)) * 2.0 ** -tx).astype(np.float32)
+  v = (rng.normal(size=2000) * 2.0 ** -tv).astype(np.float32)
+  got = np.asarray(_task_products_fn()(x, v, tx, tv), np.float64)
+  xs = x.astype(np.float64) * 2.0 ** tx
+  vs = v.astype(np.float64) * 2.0 ** tv
+  expected = xs @ vs
+  scale = np.linalg.norm(xs, axis=1) * np.linalg.norm(vs)
+  assert np.all(np.abs(got - expected) <= 1e-5 * scale), (got, expected)
