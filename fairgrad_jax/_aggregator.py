@@ -2,8 +2,9 @@
 
 A *weighting* maps the K×K Gram matrix of the task gradients (and, for some
 methods, the task losses and a state of its own) to K weights. Every method
-of the package but GradDrop is one weighting, and one generic builder turns
-any weighting into
+of the package is one weighting, except those that need the gradients
+themselves (GradDrop, trimmed mean, MoCo, ExcessMTL: stacked gradients
+only), and one generic builder turns any weighting into
 
 * an optax aggregator of stacked per-task gradients (:func:`aggregator`),
 * a Gram-only weighted gradient (:func:`fairgrad_jax.weighted_grad`),
