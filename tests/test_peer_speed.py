@@ -18,6 +18,7 @@ def test_quick_runs_our_side(capsys):
   out = capsys.readouterr().out
   assert "measuring the fairgrad_jax side only" in out
   assert "load average" in out
+  assert "OMP_WAIT_POLICY" in out  # torch's idle threads, named in the header
   (k,) = results["steps"]
   steps = results["steps"][k]
   assert set(steps) == {
