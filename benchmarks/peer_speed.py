@@ -37,9 +37,10 @@ CPUs (``os.sched_setaffinity``, which XLA's thread pool follows) and sets
 idle (``OMP_WAIT_POLICY=PASSIVE``, unless the variable is set already):
 by default they spin for a while after each torch call, on the same CPUs,
 and slowed the JAX call interleaved after it (K = 2 Gram product: 4.7 ms
-against 3.0 ms with them asleep, torch's own time unchanged at 2.2 ms). The load average is printed before and after:
-other processes on the machine slow both sides, and the ratios of one run
-are more telling than its absolute times.
+against 3.0 ms with them asleep, torch's own time unchanged at 2.2 ms).
+The load average is printed before and after: other processes on the
+machine slow both sides, and the ratios of one run are more telling than
+its absolute times.
 
 torch and torchjd are optional (``pip install -e ".[peer]"``); without them
 (or with ``--ours-only``) only the fairgrad_jax side runs, the script says
