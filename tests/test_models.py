@@ -437,3 +437,24 @@ def test_max_pool_2x2_matches_flax(shape, pad):
   expected = nn.max_pool(x, (2, 2), strides=(2, 2),
                          padding="SAME" if pad else "VALID")
   np.testing.assert_array_equal(max_pool_2x2(x, pad=pad), expected)
+
+
+def test_normalize_is_torch_normalize_with_a_finite_gradient_at_zero():
+  y = np.array([[3.0, 4.0, 0.0], [1e-13, 0.0, 0.0], [0.0, 0.0, 0.0],
+                [-2.0, 1.0, 2.0]], np.float32)
+  expected = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+  np.testing.assert_allclose(segnet_mtan.normalize(jnp.asarray(y)), expected,
+                             rtol=1e-6)
+  c = jnp.array([0.5, -1.0, 2.0])
+  grad = jax.grad(lambda v: jnp.sum(segnet_mtan.normalize(v) * c))
+  # torch's gradient of F.normalize at 0 (the norm's subgradient there is 0).
+  np.testing.assert_allclose(grad(jnp.zeros(3)), c / 1e-12, rtol=1e-5)
+  v = jnp.array([3.0, 4.0, 0.0])
+  n = 5.0
+  np.testing.assert_allclose(grad(v), c / n - v * jnp.dot(c, v) / n ** 3,
+                             rtol=1e-5)
+  g = grad(jnp.zeros(3, jnp.bfloat16))
+  assert g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g)))
+  # float16 cannot hold eps² (nor torch's 1/eps gradient): still finite ahead.
+  half = segnet_mtan.normalize(jnp.zeros((2, 3), jnp.float16))
+  assert half.dtype == jnp.float16 and not np.any(half)

@@ -37,13 +37,14 @@ References:
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from fairgrad_jax.models._layers import max_pool_2x2
 from fairgrad_jax.models._layers import window_max
 from fairgrad_jax.models._layers import windows_2x2
 
-__all__ = ["max_pool_with_argmax", "max_unpool", "SegNetMTAN",
+__all__ = ["max_pool_with_argmax", "max_unpool", "normalize", "SegNetMTAN",
            "upsample_bilinear_align_corners"]
 
 TASK_CHANNELS = {"segmentation": None, "depth": 1, "normal": 3}
@@ -101,6 +102,33 @@ def _linear_resize_axis(x, axis: int, size: int):
   frac = frac.reshape(shape)
   return (jnp.take(x, low, axis=axis) * (1 - frac)
           + jnp.take(x, low + 1, axis=axis) * frac)
+
+
+def normalize(y, eps: float = 1e-12):
+  """``y / max(‖y‖, eps)`` over the last axis, with a finite gradient at 0.
+
+  PyTorch's ``F.normalize(y, dim=1)``, which MTAN applies to its normal
+  predictions.  Written as ``y / jnp.maximum(jnp.linalg.norm(y), eps)`` the
+  gradient is NaN wherever ``y`` is exactly 0 (the norm's derivative 0/0
+  times the zero that ``maximum`` routes to it), which happens at
+  initialisation (zero biases) for a pixel whose features a ReLU zeroed: one
+  such pixel made every parameter NaN after the first step.  Clamping the
+  squared norm instead gives torch's gradient there, ``I / eps``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from fairgrad_jax.models.segnet_mtan import normalize
+    >>> normalize(jnp.array([3., 4.]))
+    Array([0.6, 0.8], dtype=float32)
+    >>> bool(jnp.all(jnp.isfinite(jax.grad(lambda y: normalize(y)[0])(
+    ...     jnp.zeros(3)))))
+    True
+  """
+  squared = jnp.sum(jnp.square(y), axis=-1, keepdims=True)
+  # eps² is 1e-24; float16 cannot hold it, so the floor is at least its
+  # tiny (the value stays finite there; its gradient at 0 does not fit).
+  floor = max(eps * eps, float(jnp.finfo(squared.dtype).tiny))
+  return y * jax.lax.rsqrt(jnp.maximum(squared, floor))
 
 
 def upsample_bilinear_align_corners(x, scale: int = 2):
@@ -327,6 +355,6 @@ class SegNetMTAN(nn.Module):
     for i in indices:
       y = self.heads.tasks[i](self.encoder, features, train)
       if self.tasks[i] == "normal":
-        y = y / jnp.maximum(jnp.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+        y = normalize(y)
       outputs.append(y)
     return tuple(outputs) if task is None else outputs[0]
