@@ -316,17 +316,15 @@ def zero_where(zero, tree):
 
 def norm_and_log2(leaves, dtype):
   """(‖x / 2^s‖, s) for the power of two 2^s nearest max |x| (in range)."""
-  s = _gram.log2_scale(leaves, dtype)
-  norm = jnp.sqrt(sum(jnp.sum(jnp.square(_gram.times_pow2(x.astype(dtype),
-                                                           -s)))
-                      for x in leaves))
+  blocks, _ = _gram.packed([x[None] for x in leaves], dtype)
+  s = _gram.log2_scale(blocks, dtype)
+  norm = jnp.sqrt(sum(jnp.sum(jnp.square(_gram.times_pow2(x, -s)))
+                      for x in blocks))
   return norm, s
 
 
 def all_finite(tree) -> jax.Array:
-  leaves = jax.tree.leaves(tree)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]
-                           or [jnp.array(True)]))
+  return _gram.all_finite_leaves(jax.tree.leaves(tree))
 
 
 def keep_if_bad_step(weighting: Weighting, update, new_state, old_state):
@@ -449,10 +447,14 @@ def aggregator(
     mask = _gram.shared_leaves(shared, grads)
     shared_leaves = [x for x, m in zip(leaves, mask) if m]
 
+    # The shared leaves as a few (K, columns) blocks (small leaves
+    # concatenated): the same sums, at a fraction of the compile time for a
+    # model with many leaves; unpacked at the end.
+    blocks, unpack = _gram.packed(shared_leaves)
     if weighting.needs_gram:
-      gram, e = _gram.scaled_gram(shared_leaves)
+      gram, e = _gram.scaled_gram(blocks)
     else:
-      gram = jnp.zeros((k, k), _gram.solve_dtype(shared_leaves))
+      gram = jnp.zeros((k, k), _gram.solve_dtype(blocks))
       e = jnp.zeros((), gram.dtype)
     w_scaled, w_true, new_state = solve(weighting, gram, e, state, losses)
 
@@ -460,20 +462,18 @@ def aggregator(
     # exact powers of two (σ runs from 2^-149 to 2^128 in float32), so that
     # no factor overflows or flushes to zero when d itself is finite.
     shared_out = [
-        _gram.weighted_sum(w_scaled, x, log2_in=-e,
-                           log2_out=e * weighting.degree,
-                           factor=k if scale_by_num_tasks else None
-                           ).astype(gram.dtype)
-        for x in shared_leaves]
+        x.astype(gram.dtype) for x in _gram.weighted_sums(
+            w_scaled, blocks, log2_in=-e, log2_out=e * weighting.degree,
+            factor=k if scale_by_num_tasks else None)]
     if stationarity_rule(weighting):
       # On u = d / 2^s (entries O(1)) and the σ-free gradients; d̃ = d /
       # (2^(e p) factor) = u · 2^(s - e p) / factor.
       d_norm, s = norm_and_log2(shared_out, gram.dtype)
-      gd = _gram.task_products(shared_leaves, shared_out, -e, -s, gram.dtype)
+      gd = _gram.task_products(blocks, shared_out, -e, -s, gram.dtype)
       log2_factor = float(np.log2(k)) if scale_by_num_tasks else 0.0
       zero = weighting.zero_at_stationary & conflicts(
           gram, w_scaled, gd, d_norm, e * weighting.degree + log2_factor - s,
-          sum(x[0].size for x in shared_leaves))
+          sum(x[0].size for x in blocks))
       shared_out, w_true = zero_where(zero, (shared_out, w_true))
     if max_norm is not None:
       # ‖d‖ = 2^s ‖d / 2^s‖: no overflow of the squares for d near 1e38.
@@ -486,12 +486,11 @@ def aggregator(
 
     head_weights = (w_true if weighting.weight_heads
                     else jnp.ones((k,), gram.dtype))
-    shared_iter = iter(shared_out)
-    out_leaves = [
-        next(shared_iter).astype(x.dtype) if m
-        else _gram.weighted_sum(head_weights, x)
-        for x, m in zip(leaves, mask)
-    ]
+    shared_iter = iter(unpack(shared_out))
+    head_iter = iter(_gram.weighted_sums(
+        head_weights, [x for x, m in zip(leaves, mask) if not m]))
+    out_leaves = [next(shared_iter).astype(x.dtype) if m else next(head_iter)
+                  for x, m in zip(leaves, mask)]
     updates = jax.tree.unflatten(treedef, out_leaves)
     # A non-finite update (bad losses or bad gradients) is a step that
     # apply_if_finite skips: methods that learn keep their last good state.
