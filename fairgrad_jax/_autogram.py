@@ -102,6 +102,10 @@ def block_product(a_leaves, b_leaves, dtype):
   """
 
   same = a_leaves is b_leaves  # a diagonal block: one operand, one copy
+  # Small leaves concatenated into blocks (same shapes and dtypes on both
+  # sides, so the same blocks): fewer products for XLA to compile.
+  a_leaves = _gram.packed(a_leaves)[0]
+  b_leaves = a_leaves if same else _gram.packed(b_leaves)[0]
 
   def product(scale_exp):
     out = 0.0
