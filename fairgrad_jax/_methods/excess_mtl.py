@@ -175,8 +175,8 @@ def excess_mtl(
     logits = jnp.where(first, logits, logits + robust_step_size * ratio)
     logits = logits - jnp.max(logits)
     weights = k * jax.nn.softmax(logits)
-    updates = jax.tree.unflatten(treedef, [
-        _gram.weighted_sum(weights, x) for x in leaves])
+    updates = jax.tree.unflatten(treedef, _gram.weighted_sums(weights,
+                                                              leaves))
     new_state = _aggregator.AggregatorState(
         weights=weights.astype(state.weights.dtype),
         extra=ExcessMTLState(

@@ -88,7 +88,9 @@ def graddrop(
     mask = _gram.shared_leaves(shared, grads)
     key, *subs = jax.random.split(state.extra, len(leaves) + 1)
     ones = jnp.ones((k,), jnp.float32)
-    out = [drop(x, sub) if m else _gram.weighted_sum(ones, x)
+    heads = iter(_gram.weighted_sums(
+        ones, [x for x, m in zip(leaves, mask) if not m]))
+    out = [drop(x, sub) if m else next(heads)
            for x, m, sub in zip(leaves, mask, subs)]
     return (jax.tree.unflatten(treedef, out),
             _aggregator.AggregatorState(weights=state.weights, extra=key))

@@ -178,10 +178,11 @@ def moco(
     new_lambdas = jax.nn.softmax(logits - jnp.max(logits))
     new_lambdas = jnp.where(ok, new_lambdas, jnp.nan)
     shared_out = iter([
-        _gram.weighted_sum(new_lambdas, y).astype(x.dtype)
-        for y, x in zip(tracked, shared_leaves)])
-    ones = jnp.ones((k,), dtype)
-    out = [next(shared_out) if m else _gram.weighted_sum(ones, x)
+        y.astype(x.dtype) for y, x in zip(
+            _gram.weighted_sums(new_lambdas, tracked), shared_leaves)])
+    heads = iter(_gram.weighted_sums(
+        jnp.ones((k,), dtype), [x for x, m in zip(leaves, mask) if not m]))
+    out = [next(shared_out) if m else next(heads)
            for x, m in zip(leaves, mask)]
     updates = jax.tree.unflatten(treedef, out)
     new_state = _aggregator.AggregatorState(

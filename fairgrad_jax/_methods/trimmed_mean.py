@@ -108,17 +108,20 @@ def trimmed_mean(
     leaves, treedef = jax.tree.flatten(grads)
     mask = _gram.shared_leaves(shared, grads)
     counts = jnp.zeros((k,), jnp.float32)
-    out = []
+    trimmed = []
     for x, m in zip(leaves, mask):
-      if not m:
-        out.append(_gram.weighted_sum(jnp.ones((k,), jnp.float32), x))
-        continue
-      order = jnp.argsort(x, axis=0, stable=True)
-      middle = order[trim_number:k - trim_number]
-      out.append(_gram.weighted_sum(
-          mean_weights, jnp.take_along_axis(x, middle, axis=0),
-          factor=factor))
-      counts = counts.at[middle.reshape(-1)].add(1.0)
+      if m:
+        order = jnp.argsort(x, axis=0, stable=True)
+        middle = order[trim_number:k - trim_number]
+        trimmed.append(jnp.take_along_axis(x, middle, axis=0))
+        counts = counts.at[middle.reshape(-1)].add(1.0)
+    shared_out = iter(_gram.weighted_sums(mean_weights, trimmed,
+                                          factor=factor))
+    heads = iter(_gram.weighted_sums(
+        jnp.ones((k,), jnp.float32),
+        [x for x, m in zip(leaves, mask) if not m]))
+    out = [next(shared_out) if m else next(heads)
+           for x, m in zip(leaves, mask)]
     weights = state.weights
     if weights is not None:
       weights = counts / jnp.maximum(jnp.sum(counts), 1.0)
