@@ -10,8 +10,10 @@ Writes to ``--out``:
   (proportional), 2 (minimum potential delay) and 10 (approximate max-min,
   the largest α of the paper's Table 5), in loss space (ℓ1, ℓ2), as the
   paper's Figure 1;
-* ``toy_baselines.png``: LS, MGDA, PCGrad, CAGrad, Nash-MTL and FairGrad
-  side by side (the baselines the package exports);
+* ``toy_baselines.png``: LS, MGDA, PCGrad, CAGrad, Nash-MTL, UPGrad,
+  Aligned-MTL, ConFIG, STCH and FairGrad side by side (STCH takes logs of
+  the losses, which reach -2 and -20 on this problem's front: it sees
+  ℓ + (2.5, 25), a shift that moves no Pareto-stationary point);
 * ``final_points.csv``: every method × start: the last x, its losses, its
   Pareto-stationarity gap (absolute and relative to the smaller gradient),
   the step at which it stopped, and whether it ends on the Pareto front.
@@ -30,11 +32,13 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import fairgrad_jax as fj  # noqa: E402
@@ -65,6 +69,21 @@ def fairgrad_methods():
            fj.fairgrad(a, num_tasks=2)) for a in alphas]
 
 
+# STCH's logs need positive losses; the toy's reach -2 and -20 on the front.
+STCH_LOSS_SHIFT = (2.5, 25.0)
+
+
+def shifted_losses(aggregator, shift):
+  """``aggregator`` fed ``losses + shift`` (the gradients are unchanged)."""
+  shift = jnp.asarray(shift, jnp.float32)
+
+  def update_fn(grads, state, params=None, *, losses, **extra_args):
+    return aggregator.update(grads, state, params, losses=losses + shift,
+                             **extra_args)
+
+  return optax.GradientTransformationExtraArgs(aggregator.init, update_fn)
+
+
 def baseline_methods(fairgrad_alpha):
   """(name, title, aggregator) of the baselines the package exports."""
   candidates = [
@@ -73,6 +92,11 @@ def baseline_methods(fairgrad_alpha):
       ("pcgrad", "PCGrad", lambda: fj.pcgrad(seed=0, num_tasks=2)),
       ("cagrad", "CAGrad (c=0.4)", lambda: fj.cagrad(c=0.4, num_tasks=2)),
       ("nash_mtl", "Nash-MTL", lambda: fj.nash_mtl(num_tasks=2)),
+      ("upgrad", "UPGrad", lambda: fj.upgrad(num_tasks=2)),
+      ("aligned_mtl", "Aligned-MTL", lambda: fj.aligned_mtl(num_tasks=2)),
+      ("config", "ConFIG", lambda: fj.config(num_tasks=2)),
+      ("stch", "STCH (ℓ + (2.5, 25))",
+       lambda: shifted_losses(fj.stch(num_tasks=2), STCH_LOSS_SHIFT)),
   ]
   methods = [(name, title, make()) for name, title, make in candidates
              if hasattr(fj, name if name != "ls" else "linear_scalarization")]
@@ -136,7 +160,7 @@ def final_rows(name, traj):
 def plot_panels(trajs, titles, path, num_steps, suptitle):
   """One loss-space panel per method, as the paper's Figure 1."""
   n = len(titles)
-  ncols = min(n, 4) if n != 6 else 3
+  ncols = {6: 3, 9: 3, 10: 5}.get(n, min(n, 4))
   nrows = -(-n // ncols)
   fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.0 * nrows),
                            sharex=True, sharey=True, squeeze=False)

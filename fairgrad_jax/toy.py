@@ -273,7 +273,8 @@ def run_trajectories(
   def step(carry, t):
     x, state, streak, stopped_at = carry
     grads = jacobian(x)
-    updates, new_state = opt.update(grads, state, x)
+    # The losses go along for the methods that weigh by them (STCH...).
+    updates, new_state = opt.update(grads, state, x, losses=toy_losses(x))
     new_x = optax.apply_updates(x, updates)
     if stop_tol is not None:
       gap = pareto_stationarity_gap(grads, relative=True)

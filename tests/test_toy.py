@@ -148,3 +148,26 @@ def test_stop_tol_freezes_starts_at_the_front():
     after = traj.steps > t
     np.testing.assert_array_equal(params[s, after], np.broadcast_to(
         x[s], params[s, after].shape))
+
+
+def test_the_loss_based_baseline_gets_the_shifted_losses():
+  """run_trajectories passes the losses on (STCH raises without them), and
+  the toy figure's STCH sees them shifted positive (its logs of the front's
+  negative losses are NaN otherwise): past its 500 warm-up calls every start
+  moves and stays finite."""
+  from benchmarks import toy as toy_benchmark  # pylint: disable=g-import-not-at-top
+  stch = {name: agg for name, _, agg
+          in toy_benchmark.baseline_methods(2.0)}["stch"]
+  traj = toy.run_trajectories(stch, num_steps=600, record_every=300)
+  params = np.asarray(traj.params)
+  assert np.all(np.isfinite(params)), params
+  assert np.all(np.linalg.norm(params[:, 2] - params[:, 1], axis=-1) > 1e-3), (
+      params)
+  # The shift reaches the weighting: its nadir is the mean shifted loss of
+  # calls 400-499 (positive where the raw losses are not).
+  agg = toy_benchmark.shifted_losses(fj.stch(num_tasks=2, warmup_steps=0,
+                                             average_steps=1), (2.5, 25.0))
+  grads = jnp.eye(2)
+  state = agg.init(None)
+  _, state = agg.update(grads, state, None, losses=jnp.array([-1.0, -20.0]))
+  np.testing.assert_allclose(state.extra.loss_sum, [1.5, 5.0])
