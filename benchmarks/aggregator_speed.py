@@ -19,7 +19,8 @@ from benchmarks import _cli
 
 
 def methods(k):
-  return {
+  """Every method at K = k with its defaults (Krum needs K >= 3)."""
+  out = {
       "linear_scalarization": fairgrad_jax.linear_scalarization(num_tasks=k),
       "fairgrad(α=1)": fairgrad_jax.fairgrad(1.0, num_tasks=k),
       "fairgrad(α=2)": fairgrad_jax.fairgrad(2.0, num_tasks=k),
@@ -36,7 +37,29 @@ def methods(k):
       "uw": fairgrad_jax.uw(num_tasks=k),
       "scale_invariant": fairgrad_jax.scale_invariant(num_tasks=k),
       "famo": fairgrad_jax.famo(num_tasks=k),
+      "mean": fairgrad_jax.mean(num_tasks=k),
+      "constant": fairgrad_jax.constant([1.0] * k, num_tasks=k),
+      "aligned_mtl": fairgrad_jax.aligned_mtl(num_tasks=k),
+      "config": fairgrad_jax.config(num_tasks=k),
+      "gradvac": fairgrad_jax.gradvac(num_tasks=k),
+      "sdmgrad": fairgrad_jax.sdmgrad(num_tasks=k),
+      "cr_mogm": fairgrad_jax.cr_mogm(num_tasks=k),
+      "modo": fairgrad_jax.modo(num_tasks=k),
+      "excess_mtl": fairgrad_jax.excess_mtl(num_tasks=k),
+      # The largest trim TrimmedMean allows (2t < K).
+      "trimmed_mean": fairgrad_jax.trimmed_mean((k - 1) // 2, num_tasks=k),
+      "gradnorm": fairgrad_jax.gradnorm(num_tasks=k),
+      "moco": fairgrad_jax.moco(num_tasks=k),
+      "db_mtl": fairgrad_jax.db_mtl(num_tasks=k),
+      "stch": fairgrad_jax.stch(num_tasks=k),
+      "imtl_l": fairgrad_jax.imtl_l(num_tasks=k),
+      "geometric_mean": fairgrad_jax.geometric_mean(num_tasks=k),
+      "pbi": fairgrad_jax.pbi(num_tasks=k),
+      "cosmos": fairgrad_jax.cosmos(num_tasks=k),
   }
+  if k >= 3:  # the most Byzantine tasks Krum allows (f + 3 <= K)
+    out["krum"] = fairgrad_jax.krum(k - 3, num_tasks=k)
+  return out
 
 
 def time_update(agg, grads, losses, repeats):
@@ -75,7 +98,7 @@ def main():
     for name, agg in methods(k).items():
       results[name, k] = time_update(agg, grads, losses, args.repeats)
 
-  names = list(methods(1))
+  names = list(methods(max(args.tasks)))
   print(f"{jax.devices()[0].device_kind}, P = {args.params:,} parameters,"
         f" median of {args.repeats} jitted steps after warm-up;"
         " ms (× linear scalarization)")
@@ -85,6 +108,9 @@ def main():
   for name in names:
     cells = []
     for k in args.tasks:
+      if (name, k) not in results:
+        cells.append("n/a")
+        continue
       t = results[name, k]
       ratio = t / results["linear_scalarization", k]
       cells.append(f"{1e3 * t:.2f} ({ratio:.1f}×)")

@@ -9,7 +9,9 @@ and interquartile ranges over ``--repeats`` rounds:
 1. Aggregation of a (K, P) Jacobian (P = ``--params``, 1M by default):
    ``jax.jit(fairgrad_jax.fairgrad(α).update)`` (warm-started from the
    previous call's weights, as in training) against TorchJD's
-   ``FairGrad(α)``; linear scalarization on both sides; and the Gram
+   ``FairGrad(α)``; ``fairgrad_jax.upgrad`` (its dual-cone QP solved in
+   the jitted graph) against TorchJD's ``UPGrad`` (quadprog on the host);
+   linear scalarization on both sides; and the Gram
    product alone, ``fairgrad_jax.gram_matrix`` against XLA's plain
    ``J @ J.T`` and torch's ``J @ J.T``.
 2. A full training step (forward, gradients, update, Adam) of the same model
@@ -180,7 +182,8 @@ def jax_aggregations(jac_np, alpha) -> dict[str, Callable[[], Any]]:
   out = {}
   for name, agg in (("fj LS aggregate", fj.linear_scalarization(num_tasks=k)),
                     ("fj.fairgrad aggregate", fj.fairgrad(alpha,
-                                                          num_tasks=k))):
+                                                          num_tasks=k)),
+                    ("fj.upgrad aggregate", fj.upgrad(num_tasks=k))):
     update = jax.jit(agg.update)
     state = {"s": agg.init(None)}
 
@@ -295,12 +298,14 @@ def torch_steps(torch, params_np, x, y, alpha, lr):
 
 
 def torch_aggregations(torch, jac_np, alpha):
-  from torchjd.aggregation import FairGrad  # pylint: disable=g-import-not-at-top
+  from torchjd.aggregation import FairGrad, UPGrad  # pylint: disable=g-import-not-at-top
   jac = torch.from_numpy(jac_np)
   aggregator = FairGrad(alpha)
+  upgrad = UPGrad()  # quadprog on the CPU
   return {
       "torch LS aggregate": lambda: jac.sum(dim=0),
       "TorchJD FairGrad aggregate": lambda: aggregator(jac),
+      "TorchJD UPGrad aggregate": lambda: upgrad(jac),
       "torch J @ J.T": lambda: jac @ jac.T,
   }
 
@@ -578,6 +583,8 @@ def main(argv=None):
       results["aggregation"]), args.tasks, [
           ("TorchJD FairGrad / fj.fairgrad (aggregation)",
            "TorchJD FairGrad aggregate", "fj.fairgrad aggregate"),
+          ("TorchJD UPGrad / fj.upgrad (aggregation)",
+           "TorchJD UPGrad aggregate", "fj.upgrad aggregate"),
           ("torch J @ J.T / fj.gram_matrix", "torch J @ J.T",
            "fj.gram_matrix"),
           ("XLA J @ J.T / fj.gram_matrix", "XLA J @ J.T", "fj.gram_matrix"),

@@ -285,3 +285,16 @@ def test_full_report_fits_120_columns_and_explains_its_columns(
   assert "smoke run" not in out  # not a --quick run
   png = next(tmp_path.glob("*.png"))
   _check_png(png)
+
+
+def test_aggregator_speed_times_every_method():
+  """Every aggregator the package exports has a row (issue 14), built at
+  each default K (Krum from K = 3, its minimum)."""
+  import fairgrad_jax as fj  # pylint: disable=g-import-not-at-top
+  from benchmarks import aggregator_speed  # pylint: disable=g-import-not-at-top
+  exported = {n for n in fj.__all__ if n + "_weighting" in fj.__all__}
+  exported |= {"graddrop", "moco", "excess_mtl", "trimmed_mean"}
+  for k in (2, 10, 40):
+    rows = {name.split("(")[0] for name in aggregator_speed.methods(k)}
+    assert rows == exported - ({"krum"} if k < 3 else set()), (
+        k, rows ^ exported)
