@@ -316,7 +316,7 @@ def zero_where(zero, tree):
 
 def norm_and_log2(leaves, dtype):
   """(‖x / 2^s‖, s) for the power of two 2^s nearest max |x| (in range)."""
-  blocks, _ = _gram.packed([x[None] for x in leaves], dtype)
+  blocks = [b[0] for b in _gram.packed([x[None] for x in leaves], dtype)[0]]
   s = _gram.log2_scale(blocks, dtype)
   norm = jnp.sqrt(sum(jnp.sum(jnp.square(_gram.times_pow2(x, -s)))
                       for x in blocks))

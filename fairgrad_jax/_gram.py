@@ -266,14 +266,17 @@ def packed(leaves, dtype=None):
   """(K, columns) blocks of ``leaves`` and the inverse for per-column results.
 
   Every leaf with more than ``_TINY_COLUMNS`` entries per task is its own
-  block (reshaped, not copied); the others are concatenated, in order, into
-  one block per dtype. ``dtype`` (optional) casts every block; with
+  block; the others are concatenated, in order, into one (K, columns) block
+  per dtype. A block of one leaf is that leaf as it is (its shape kept, so
+  that a tree of one leaf gives XLA the very program it had before packing,
+  to the last bit). ``dtype`` (optional) casts every block; with
   ``dtype=None`` each keeps its leaves' dtype.
 
   Returns:
-    ``(blocks, unpack)``: ``unpack`` takes one array per block whose last
-    axis runs over the block's columns and returns one per leaf, shaped
-    ``(..., *leaf.shape[1:])`` in the order of ``leaves``.
+    ``(blocks, unpack)``: ``unpack`` takes one array per block whose trailing
+    axes are the block's (its columns, or the one leaf's ``shape[1:]``) and
+    returns one per leaf, shaped ``(..., *leaf.shape[1:])`` in the order of
+    ``leaves``.
   """
   leaves = list(leaves)
   groups, order = [], {}
@@ -289,16 +292,22 @@ def packed(leaves, dtype=None):
       groups[order[key]].append(i)
 
   def block(group):
+    if len(group) == 1:
+      x = leaves[group[0]]
+      return x if dtype is None else x.astype(dtype)
     parts = [leaves[i].reshape(leaves[i].shape[0], -1) for i in group]
     if dtype is not None:
       parts = [x.astype(dtype) for x in parts]
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+    return jnp.concatenate(parts, axis=1)
 
   blocks = [block(g) for g in groups]
 
   def unpack(results):
     out = [None] * len(leaves)
     for group, r in zip(groups, results):
+      if len(group) == 1:
+        out[group[0]] = r
+        continue
       start = 0
       for i in group:
         shape = leaves[i].shape[1:]
@@ -586,14 +595,16 @@ def task_products(leaves, v_leaves, log2_x, log2_v, dtype) -> jax.Array:
   v_leaves, _ = packed([v.astype(dtype)[None] for v in v_leaves])
 
   def scaled(_):
-    return sum(jnp.tensordot(times_pow2(x, log2_x), times_pow2(v[0], log2_v),
-                             axes=1, precision=_HIGHEST)
+    return sum(jnp.tensordot(
+        times_pow2(x, log2_x).reshape(x.shape[0], -1),
+        times_pow2(v[0], log2_v).reshape(-1), axes=1, precision=_HIGHEST)
                for x, v in zip(leaves, v_leaves))
 
   folded = [times_pow2(v[0], log2_x + log2_v) for v in v_leaves]
 
   def fast(_):
-    return sum(jnp.tensordot(x, f, axes=1, precision=_HIGHEST)
+    return sum(jnp.tensordot(x.reshape(x.shape[0], -1), f.reshape(-1),
+                             axes=1, precision=_HIGHEST)
                for x, f in zip(leaves, folded))
 
   # Exact where the folded entries are normal. Entries of v that the fold
