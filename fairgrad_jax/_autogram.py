@@ -347,7 +347,8 @@ def gram_solve(weights_fn, gram_of, losses, k, *, init, state):
       gd = _gram.times_pow2(jnp.asarray(gd_of(u)).astype(dtype), -e)
       return weighting.zero_at_stationary & _aggregator.conflicts(
           gram, w_scaled, gd, d_norm, e * weighting.degree - s,
-          sum(x.size for x in d_leaves))
+          sum(x.size for x in d_leaves),
+          unconverged=_aggregator.unconverged(new_state))
   return jax.lax.stop_gradient(weights), new_state, check
 
 

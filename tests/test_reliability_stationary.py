@@ -146,3 +146,27 @@ def test_imtl_g_keeps_its_answer_when_not_stationary_even_if_conflicting():
       w = np.asarray(fj.imtl_g_weights(jnp.asarray(gf) @ jnp.asarray(gf).T))
       np.testing.assert_allclose(w, v / v.sum(), rtol=1e-3, atol=1e-5)
   assert found >= 1
+
+
+def test_an_unconverged_solve_gets_no_round_off_allowance():
+  """Huge weights cancelling (a root running off to infinity at a
+  Pareto-stationary point) make the sum's round-off bound ν large; an
+  update of a converged solve may conflict within it, one of an
+  unconverged solve may not: its weights are no root. Measured on an
+  AVX-512 CPU: FairGrad α = 5 on a weakly stationary input stopped
+  unconverged with a cosine of -0.11 to a task while ν / ‖d‖ = 0.13."""
+  from fairgrad_jax import _aggregator  # pylint: disable=g-import-not-at-top
+  gram = jnp.array([[1.0, -0.99], [-0.99, 1.0]])
+  w = jnp.array([4e5, 4e5])  # ν = ε · 8e5 ≈ 0.1 against ‖d‖ = 1
+  d_norm = jnp.asarray(1.0)
+  gd = jnp.array([0.5, -0.05])  # task 2: cosine -0.05
+  args = (gram, w, gd, d_norm, 0.0, 100)
+  assert not bool(_aggregator.conflicts(*args))
+  assert not bool(_aggregator.conflicts(*args, unconverged=jnp.array(False)))
+  assert bool(_aggregator.conflicts(*args, unconverged=jnp.array(True)))
+  # Within the angle bound (4√ε ≈ 1.4e-3) it is kept either way.
+  near = (gram, w, jnp.array([0.5, -1e-4]), d_norm, 0.0, 100)
+  assert not bool(_aggregator.conflicts(*near, unconverged=jnp.array(True)))
+  # FairGrad's state carries the flag the aggregator reads.
+  assert hasattr(fj.fairgrad(5.0).init(None).extra, "converged")
+  assert _aggregator.unconverged(fj.linear_scalarization().init(None)) is False
