@@ -87,6 +87,11 @@ def balance_transformation(gram: jax.Array, *, scale_mode: str = "min",
   tol = (k * jnp.finfo(gram.dtype).eps if rank_tol is None else rank_tol)
   lam, vecs = jnp.linalg.eigh(gram)  # ascending
   lam, vecs = lam[::-1], vecs[:, ::-1]  # descending, as TorchJD sorts them
+  # The eigenvalues again, as Rayleigh quotients of the eigenvectors: their
+  # error is second order in the vectors' (eigh's own small eigenvalues
+  # carry ε λ_max absolute; Aligned-MTL's weights scale by λ^(-1/2)).
+  lam = jnp.einsum("ik,ij,jk->k", vecs, gram, vecs,
+                   precision=jax.lax.Precision.HIGHEST)
   # λ > 0 as well: a non-PSD round-off (λ_1 <= 0) keeps nothing.
   keep = (lam > tol * lam[0]) & (lam > 0)
   rank = jnp.sum(keep)

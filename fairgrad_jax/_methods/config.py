@@ -79,7 +79,15 @@ def conflict_free_weights(gram: jax.Array, p: jax.Array,
   keep = (lam > tol * lam_max) & (lam > 0)
   inv_lam = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
   coef = vecs.T @ p
+
+  def pinv_times(r):
+    return vecs @ (inv_lam * (vecs.T @ r))
+
   c = vecs @ (inv_lam * coef)
+  # One step of iterative refinement on the kept eigenspace: the eigenvector
+  # round-off (ε λ_max / gap) otherwise shows in the small weights.
+  kept_p = vecs @ jnp.where(keep, coef, 0.0)
+  c = c + pinv_times(kept_p - units @ c)
   gc = units @ c
   length = norms @ gc  # Σ_i g_iᵀb, b = JᵀD⁺c
   sq_norm = c @ gc  # ‖b‖²
