@@ -219,7 +219,7 @@ def test_memory_and_time_arguments_are_checked(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["toy", "multidigits", "synthetic",
-                                  "memory_and_time"])
+                                  "memory_and_time", "compile_time"])
 def test_help_explains_every_option_with_its_default(name, capsys):
   import importlib  # pylint: disable=g-import-not-at-top
   module = importlib.import_module(f"benchmarks.{name}")
@@ -298,3 +298,14 @@ def test_aggregator_speed_times_every_method():
     rows = {name.split("(")[0] for name in aggregator_speed.methods(k)}
     assert rows == exported - ({"krum"} if k < 3 else set()), (
         k, rows ^ exported)
+
+
+def test_compile_time_prints_a_row_per_method(capsys):
+  from benchmarks import compile_time  # pylint: disable=g-import-not-at-top
+  results = compile_time.main(["--leaves", "2", "5", "--tasks", "2"])
+  out = capsys.readouterr().out
+  assert "| method | 2 leaves | 5 leaves |" in out
+  for name in compile_time.METHODS:
+    assert f"| {name} | " in out
+    assert results[name, 2] > 0 and results[name, 5] > 0
+  assert list(compile_time.tree(5, 2)) == [f"l{i:04d}" for i in range(5)]
