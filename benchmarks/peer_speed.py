@@ -301,13 +301,18 @@ def torch_aggregations(torch, jac_np, alpha):
   from torchjd.aggregation import FairGrad, UPGrad  # pylint: disable=g-import-not-at-top
   jac = torch.from_numpy(jac_np)
   aggregator = FairGrad(alpha)
-  upgrad = UPGrad()  # quadprog on the CPU
-  return {
+  out = {
       "torch LS aggregate": lambda: jac.sum(dim=0),
       "TorchJD FairGrad aggregate": lambda: aggregator(jac),
-      "TorchJD UPGrad aggregate": lambda: upgrad(jac),
       "torch J @ J.T": lambda: jac @ jac.T,
   }
+  try:
+    upgrad = UPGrad()  # quadprog on the CPU
+  except ImportError as error:  # torchjd[quadprog_projector] not installed
+    print(f"TorchJD's UPGrad left out: {error}")
+  else:
+    out["TorchJD UPGrad aggregate"] = lambda: upgrad(jac)
+  return out
 
 
 # ---------------------------------------------------------------- timing
