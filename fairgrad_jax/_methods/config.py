@@ -83,7 +83,7 @@ def conflict_free_weights(gram: jax.Array, p: jax.Array,
   def pinv_times(r):
     return vecs @ (inv_lam * (vecs.T @ r))
 
-  c = vecs @ (inv_lam * coef)
+  c = pinv_times(p)
   # One step of iterative refinement on the kept eigenspace: the eigenvector
   # round-off (ε λ_max / gap) otherwise shows in the small weights.
   kept_p = vecs @ jnp.where(keep, coef, 0.0)
