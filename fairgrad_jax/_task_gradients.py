@@ -26,7 +26,8 @@ def task_gradients(
     losses_fn: Callable[..., jax.Array],
     *,
     batch_size: int | None = None,
-) -> Callable[..., tuple[jax.Array, Any]]:
+    has_aux: bool = False,
+) -> Callable[..., tuple[Any, Any]]:
   """The K task losses and their K gradients, stacked, in one function.
 
   Every aggregator of this package takes the gradients of the K task losses
@@ -60,11 +61,15 @@ def task_gradients(
       a PRNG key...) pass through unchanged and are not differentiated.
     batch_size: tasks per backward pass, a positive int; None chooses by
       backend (above). Values above K mean K.
+    has_aux: ``losses_fn`` returns ``(losses, aux)`` (new batch-norm
+      statistics, metrics...), as in ``jax.value_and_grad``; ``aux`` is not
+      differentiated and comes back beside the losses.
 
   Returns:
     ``fn(params, *args) -> (losses, stacked_grads)``: the (K,) losses and a
     pytree like ``params`` whose leaves have a leading task axis of size K
-    (``stacked_grads[...][i]`` is the gradient of loss i). Wrap it in
+    (``stacked_grads[...][i]`` is the gradient of loss i); with
+    ``has_aux``, ``((losses, aux), stacked_grads)``. Wrap it in
     ``jax.jit``, or call it inside a jitted step.
 
   Examples:
@@ -93,6 +98,16 @@ def task_gradients(
     >>> bool(jnp.allclose(acc["w"], grads["w"], atol=1e-6))
     True
     >>> updates, state = opt.update(acc, state, params)
+
+    With an auxiliary output (here the mean prediction), ``has_aux=True``:
+
+    >>> def losses_and_mean(params, x):
+    ...   y = x @ params["w"]
+    ...   return jnp.mean((y - jnp.arange(3.0)) ** 2, axis=0), jnp.mean(y)
+    >>> fn = fairgrad_jax.task_gradients(losses_and_mean, has_aux=True)
+    >>> (loss_values, mean), grads = jax.jit(fn)(params, x)
+    >>> bool(jnp.allclose(grads["w"], jax.jacrev(losses)(params, x)["w"]))
+    True
   """
   if not callable(losses_fn):
     raise TypeError(
@@ -106,7 +121,11 @@ def task_gradients(
         f" {batch_size!r}.")
 
   def fn(params, *args):
-    losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, *args), params)
+    if has_aux:
+      losses, vjp_fn, aux = jax.vjp(lambda p: losses_fn(p, *args), params,
+                                    has_aux=True)
+    else:
+      losses, vjp_fn = jax.vjp(lambda p: losses_fn(p, *args), params)
     # A (K,) float array, K >= 1 (not a tuple, not integers).
     k = _autogram.check_losses(losses)
     size = default_batch_size(k) if batch_size is None else min(batch_size, k)
@@ -116,6 +135,6 @@ def task_gradients(
       grads = jax.vmap(row)(cotangents)
     else:
       grads = jax.lax.map(row, cotangents, batch_size=size)
-    return losses, grads
+    return ((losses, aux), grads) if has_aux else (losses, grads)
 
   return fn

@@ -79,3 +79,23 @@ def test_bad_arguments():
   scalar = fairgrad_jax.task_gradients(lambda *a: _losses(*a).sum())
   with pytest.raises(ValueError, match="vector of K"):
     scalar(params, x, y)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, K])
+def test_has_aux_returns_the_aux_beside_the_losses(batch_size):
+  """``has_aux=True``: ``((losses, aux), grads)``, grads as without aux."""
+  params, x, y = _problem(3)
+
+  def with_aux(p, x, y):
+    losses = _losses(p, x, y)
+    return losses, {"total": jnp.sum(losses), "h": jnp.tanh(x)}
+
+  (losses, aux), grads = jax.jit(fairgrad_jax.task_gradients(
+      with_aux, has_aux=True, batch_size=batch_size))(params, x, y)
+  np.testing.assert_allclose(losses, _losses(params, x, y), rtol=1e-6)
+  np.testing.assert_allclose(aux["total"], jnp.sum(losses), rtol=1e-6)
+  np.testing.assert_allclose(aux["h"], jnp.tanh(x), rtol=1e-6)
+  expected = jax.jacrev(_losses)(params, x, y)
+  jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=1e-5,
+                                                       atol=1e-6),
+               grads, expected)
