@@ -5,6 +5,7 @@ import os
 import pathlib
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -300,8 +301,28 @@ def test_profile_prints_three_steps():
   assert [r["ms"] > 0 for r in rows] == [True] * 3
   printed = profile.markdown(protocol, rows, model_scale=32, steps=1)
   assert "LS (one backward" in printed
-  assert "FairGrad α=2, stacked (vmap of K=3 backward passes)" in printed
-  assert "Gram-only (weighted_grad" in printed
+  # On a CPU one task's backward pass at a time (fj.task_gradients' choice
+  # there), and the Gram-only step as lean: jvp mode, one task per chunk.
+  assert "FairGrad α=2, stacked (lax.map of K=3 backward passes)" in printed
+  assert "Gram-only (weighted_grad, mode=jvp, chunk_size=1)" in printed
+  # Epoch length: 162,770 training images at batch 2.
+  assert "an epoch is 81385 steps" in printed
+  for row in rows:
+    assert row["compile_s"] > 0 and 0 < row["temp_gb"] < 1, row
+  table = [line for line in printed.splitlines() if line.startswith("| ")]
+  assert len(table) == 4 and all(line.count("|") == 7 for line in table)
+
+
+def test_task_batch_is_the_backend_choice_capped_by_the_protocol():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  celeba = protocols.PROTOCOLS["celeba"]
+  default = 1 if jax.default_backend() == "cpu" else 40
+  assert train.task_batch_size(celeba) == min(default, 8)
+  assert train.task_batch_size(protocols.PROTOCOLS["qm9"]) == 1
+  assert train.task_batch_size(protocols.PROTOCOLS["nyuv2"]) == (
+      1 if jax.default_backend() == "cpu" else 3)
+  uncapped = dataclasses.replace(celeba, max_task_batch=None)
+  assert train.task_batch_size(uncapped) == default
 
 
 _MTAN_RUNS = """

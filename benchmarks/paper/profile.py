@@ -13,11 +13,14 @@ The real model and input sizes of the benchmark (or a smaller batch with
   one more backward pass for Σ w_i g_i), ×K, clip, Adam.
 
 Each step is compiled first (not timed), then ``steps`` steps are timed one
-by one (``block_until_ready``) and the median is reported.
+by one (``block_until_ready``) and the median is reported, with the
+temporary memory XLA's compiled program asks for (``memory_analysis``:
+activations, cotangents, stacked gradients; parameters and inputs apart).
 """
 
 import functools
 import math
+import os
 import statistics
 import time
 
@@ -32,23 +35,25 @@ from benchmarks.paper import protocols
 from benchmarks.paper import train
 
 
-def _timed(step, args, steps: int) -> tuple[float, float]:
-  start = time.perf_counter()
+def _timed(step, args, steps: int) -> tuple[float, float, float]:
+  """Median ms of ``steps`` calls, compile seconds, XLA's temp GB."""
   try:
-    out = step(*args)
-    jax.block_until_ready(out)
+    start = time.perf_counter()
+    compiled = step.lower(*args).compile()
+    compile_seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    temp_gb = (math.nan if memory is None else
+               memory.temp_size_in_bytes / 2**30)
+    times = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times.append(time.perf_counter() - start)
   except jax.errors.JaxRuntimeError as error:  # out of memory
     if "RESOURCE_EXHAUSTED" not in str(error):
       raise
-    return math.nan, math.nan
-  compile_seconds = time.perf_counter() - start
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    out = step(*args)
-    jax.block_until_ready(out)
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3, compile_seconds
+    return math.nan, math.nan, math.nan
+  return statistics.median(times) * 1e3, compile_seconds, temp_gb
 
 
 def _scale_shared(tree, mask, factor):
@@ -64,7 +69,7 @@ def _full_mask(mask, tree):
 
 def profile(protocol: protocols.Protocol, *, alpha: float, steps: int,
             model_scale: int = 1, gram_mode: str | None = None) -> list[dict]:
-  """Rows ``{'step', 'ms', 'compile_s'}`` for the three steps."""
+  """Rows ``{'step', 'ms', 'compile_s', 'temp_gb'}`` for the three steps."""
   problem = problems.make_problem(protocol, None, model_scale=model_scale)
   batch = problem.synthetic_batch(np.random.default_rng(0))
   params, batch_stats = train.init_variables(problem, jax.random.key(0),
@@ -87,10 +92,10 @@ def profile(protocol: protocols.Protocol, *, alpha: float, steps: int,
     updates, o = adam.update(grads, o, p)
     return optax.apply_updates(p, updates), new_stats, o
 
-  ms, comp = _timed(ls_step, (params, batch_stats, adam.init(params), batch),
+  ms, comp, temp = _timed(ls_step, (params, batch_stats, adam.init(params), batch),
                     steps)
   rows.append({"step": "LS (one backward of Σ l_i)", "ms": ms,
-               "compile_s": comp})
+               "compile_s": comp, "temp_gb": temp})
 
   # FairGrad stacked: the training step of benchmarks.paper.train.
   spec = protocols.find_method("FairGrad")
@@ -98,20 +103,28 @@ def profile(protocol: protocols.Protocol, *, alpha: float, steps: int,
                               seed=0, main_task=0,
                               learning_rate=protocol.learning_rate)
   step = train.make_step(problem, opt)
-  ms, comp = _timed(step, (params, batch_stats, opt.init(params), batch),
+  ms, comp, temp = _timed(step, (params, batch_stats, opt.init(params), batch),
                     steps)
-  how = "lax.map" if protocol.sequential_tasks else "vmap"
-  rows.append({"step": f"FairGrad α={alpha:g}, stacked ({how} of K={k}"
+  size = train.task_batch_size(protocol)
+  how = (f"vmap of K={k}" if size >= k else
+         f"lax.map of {size}-task vmaps, K={k}" if size > 1 else
+         f"lax.map of K={k}")
+  rows.append({"step": f"FairGrad α={alpha:g}, stacked ({how}"
                        " backward passes)",
-               "ms": ms, "compile_s": comp})
+               "ms": ms, "compile_s": comp, "temp_gb": temp})
 
   # FairGrad Gram-only.
-  mode = gram_mode or ("vjp" if jax.default_backend() == "cpu" else "jvp")
 
   def losses_fn(p, s, b):
     return problem.losses(p, s, b, train=True)[0]
 
-  chunk = 1 if protocol.sequential_tasks else None  # bounded memory (QM9)
+  # As many tasks at once as the stacked step (bounded memory: QM9, CelebA).
+  chunk = None if size >= k else size
+  # vjp mode costs n + n(n-1)/2 chunk VJPs for n chunks, jvp mode K VJPs and
+  # K JVPs whatever the chunk: vjp only where all K fit in one chunk (on a
+  # CPU, where it measured faster for CNNs), jvp otherwise.
+  mode = gram_mode or ("vjp" if chunk is None and jax.default_backend() ==
+                       "cpu" else "jvp")
   grad_fn = fj.weighted_grad(
       losses_fn, functools.partial(fj.fairgrad_weights, alpha=alpha),
       chunk_size=chunk, mode=mode, shared=shared, weight_heads=False)
@@ -124,16 +137,37 @@ def profile(protocol: protocols.Protocol, *, alpha: float, steps: int,
     return optax.apply_updates(p, updates), o, out.weights
 
   weights = jnp.full((k,), 1.0 / k, jnp.float32)
-  ms, comp = _timed(gram_step, (params, batch_stats, tail.init(params), batch,
+  ms, comp, temp = _timed(gram_step, (params, batch_stats, tail.init(params), batch,
                                 weights), steps)
   rows.append({"step": f"FairGrad α={alpha:g}, Gram-only (weighted_grad,"
                        f" mode={mode}, chunk_size={chunk})", "ms": ms,
-               "compile_s": comp})
+               "compile_s": comp, "temp_gb": temp})
   return rows
+
+
+# Training examples per epoch (the releases the loaders read): NYU-v2 and
+# Cityscapes as MTAN's .npy release (795 and 2975 training images), CelebA's
+# official train split, QM9's 130,831 PyG molecules less the 10,000 + 10,000
+# of validation and test.
+TRAIN_EXAMPLES = {"nyuv2": 795, "cityscapes": 2975, "celeba": 162_770,
+                  "qm9": 110_831}
+
+
+def _duration(seconds: float) -> str:
+  if seconds < 120:
+    return f"{seconds:.0f} s"
+  if seconds < 2 * 3600:
+    return f"{seconds / 60:.0f} min"
+  return f"{seconds / 3600:.1f} h"
 
 
 def markdown(protocol: protocols.Protocol, rows: list[dict], *,
              model_scale: int, steps: int) -> str:
+  """The rows as a table, with a one-line head and the epoch's length.
+
+  "× LS" is relative to the first LS row of the same framework (ours, or
+  the torch rows of :mod:`benchmarks.paper.torch_profile`).
+  """
   sizes = {
       "nyuv2": "288×384 images",
       "cityscapes": "128×256 images",
@@ -142,16 +176,28 @@ def markdown(protocol: protocols.Protocol, rows: list[dict], *,
   }[protocol.name]
   width = "full-width model" if model_scale == 1 else (
       f"model widths / {model_scale}")
+  batches = -(-TRAIN_EXAMPLES[protocol.name] // protocol.batch_size)
   head = (f"{protocol.title}: batch {protocol.batch_size}, {sizes}, {width};"
           f" {jax.devices()[0].device_kind} ({jax.default_backend()}),"
-          f" median of {steps} steps after compilation")
-  ls = rows[0]["ms"]
-  lines = [head, "", "| step | ms / step | × LS | compile (s) |",
-           "|---|---:|---:|---:|"]
+          f" median of {steps} steps after compilation; an epoch is"
+          f" {batches} steps; load average"
+          f" {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end")
+  lines = [head, "",
+           "| step | ms / step | × LS | epoch | compile or first step (s) |"
+           " XLA temp (GB) |",
+           "|---|---:|---:|---:|---:|---:|"]
+  ls = {}  # per framework (the torch rows' names start with "torch")
   for row in rows:
+    framework = row["step"].split()[0] == "torch"
+    ls.setdefault(framework, row["ms"])
     if math.isnan(row["ms"]):
-      lines.append(f"| {row['step']} | out of memory | | |")
+      lines.append(f"| {row['step']} | out of memory | | | | |")
       continue
-    lines.append(f"| {row['step']} | {row['ms']:.1f} | {row['ms'] / ls:.2f} |"
-                 f" {row['compile_s']:.1f} |")
+    temp = row.get("temp_gb")
+    lines.append(
+        f"| {row['step']} | {row['ms']:.1f} |"
+        f" {row['ms'] / ls[framework]:.2f} |"
+        f" {_duration(row['ms'] * batches / 1e3)} |"
+        f" {row['compile_s']:.1f} |"
+        f" {'' if temp is None or math.isnan(temp) else f'{temp:.2f}'} |")
   return "\n".join(lines)

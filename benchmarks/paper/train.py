@@ -35,6 +35,7 @@ import fairgrad_jax as fj
 from benchmarks.paper import checkpoint
 from benchmarks.paper import problems
 from benchmarks.paper import protocols
+from fairgrad_jax import _task_gradients  # the backend's default batch
 from fairgrad_jax import metrics
 
 
@@ -126,23 +127,28 @@ def set_learning_rate(opt_state, learning_rate: float):
   return opt_state[:-1] + (adam._replace(hyperparams=hyperparams),)
 
 
+def task_batch_size(protocol: protocols.Protocol) -> int:
+  """Tasks per vmapped backward pass: the backend's choice, capped."""
+  size = _task_gradients.default_batch_size(protocol.num_tasks)
+  if protocol.max_task_batch is not None:
+    size = min(size, protocol.max_task_batch)
+  return size
+
+
 def task_gradients(problem: problems.Problem, params, batch_stats, batch):
   """(K,) losses, per-task gradients stacked on axis 0, new batch stats.
 
-  One forward pass and K backward passes of its VJP: vmapped (what
-  ``jax.jacrev`` does) or, where the protocol says ``sequential_tasks``
-  (QM9, whose edge network's cotangents take ~5 GB per task at batch 120),
-  one task after the other with ``lax.map``.
+  One forward pass and K backward passes of its VJP
+  (:func:`fairgrad_jax.task_gradients`): all K vmapped on GPU/TPU (what
+  ``jax.jacrev`` does), one at a time on a CPU, and never more than the
+  protocol's ``max_task_batch`` at once (QM9's edge network needs ~5 GB of
+  cotangents per task at batch 120, CelebA's CNN ~0.5 GB per task at batch
+  256).
   """
-  losses, vjp, new_stats = jax.vjp(
-      lambda p: problem.losses(p, batch_stats, batch, train=True), params,
-      has_aux=True)
-  basis = jnp.eye(losses.shape[0], dtype=losses.dtype)
-  backward = lambda e: vjp(e)[0]
-  if problem.protocol.sequential_tasks:
-    grads = jax.lax.map(backward, basis)
-  else:
-    grads = jax.vmap(backward)(basis)
+  fn = fj.task_gradients(
+      lambda p: problem.losses(p, batch_stats, batch, train=True),
+      batch_size=task_batch_size(problem.protocol), has_aux=True)
+  (losses, new_stats), grads = fn(params)
   return losses, grads, new_stats
 
 
