@@ -67,7 +67,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--profile", action="store_true",
                  help="Time training steps (LS, FairGrad stacked, FairGrad"
                  " Gram-only) at the real model and input sizes on"
-                 " synthetic tensors instead of training.")
+                 " synthetic tensors instead of training; with torch"
+                 " installed (.[peer]), the authors' PyTorch LS and"
+                 " FairGrad steps beside them.")
   p.add_argument("--profile-steps", type=int, default=3,
                  help="Timed steps per variant in --profile (after one"
                  " compiling step).")
@@ -148,6 +150,15 @@ def main(argv=None) -> dict | None:
     rows = profile.profile(protocol, alpha=args.alpha,
                            steps=args.profile_steps,
                            model_scale=args.model_scale)
+    from benchmarks.paper import torch_profile  # pylint: disable=g-import-not-at-top
+    if torch_profile.available():
+      rows += torch_profile.profile(
+          args.benchmark, batch_size=protocol.batch_size,
+          steps=args.profile_steps, alpha=args.alpha,
+          model_scale=args.model_scale)
+    else:
+      print("(torch is not installed: the authors' PyTorch step is not"
+            " timed; pip install -e \".[peer]\" adds it)")
     print(profile.markdown(protocol, rows, model_scale=args.model_scale,
                            steps=args.profile_steps))
     return None
