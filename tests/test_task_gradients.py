@@ -99,3 +99,56 @@ def test_has_aux_returns_the_aux_beside_the_losses(batch_size):
   jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=1e-5,
                                                        atol=1e-6),
                grads, expected)
+
+
+def _conv_losses(params, x):
+  """Two tasks on a small convolution (NHWC), then global means."""
+  h = jax.lax.conv_general_dilated(
+      x, params["kernel"], (1, 1), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  h = jnp.tanh(h)
+  return jnp.stack([jnp.mean(h[..., 0] ** 2), jnp.mean(h[..., 1])])
+
+
+def test_convolutions_on_a_cpu_are_written_out_not_looped():
+  """XLA's CPU convolutions run 35-80x slower inside a loop body: on a CPU,
+  one task at a time means a straight-line program for a model with
+  convolutions (no while loop in the compiled HLO), a loop otherwise; the
+  gradients equal jax.jacrev's either way."""
+  from fairgrad_jax import _task_gradients  # pylint: disable=g-import-not-at-top
+  params = {"kernel": jax.random.normal(jax.random.key(0), (3, 3, 2, 2))}
+  x = jax.random.normal(jax.random.key(1), (2, 5, 5, 2))
+  grads_fn = fairgrad_jax.task_gradients(_conv_losses, batch_size=1)
+  _, grads = jax.jit(grads_fn)(params, x)
+  np.testing.assert_allclose(grads["kernel"],
+                             jax.jacrev(_conv_losses)(params, x)["kernel"],
+                             rtol=1e-5, atol=1e-6)
+  conv_hlo = jax.jit(grads_fn).lower(params, x).as_text()
+  dense_params, dx, dy = _problem()
+  dense_hlo = jax.jit(fairgrad_jax.task_gradients(
+      _losses, batch_size=1)).lower(dense_params, dx, dy).as_text()
+  assert "while" in dense_hlo  # positive control: the dense model loops
+  if jax.default_backend() == "cpu":
+    assert "while" not in conv_hlo
+  # The detector itself, on jaxprs with and without a convolution, nested.
+  nested = jax.make_jaxpr(lambda p, x: jax.lax.map(
+      lambda xi: _conv_losses(p, xi[None]), x))(params, x)
+  assert _task_gradients._has_convolution(nested.jaxpr)
+  assert not _task_gradients._has_convolution(
+      jax.make_jaxpr(_losses)(dense_params, dx, dy).jaxpr)
+
+
+@pytest.mark.parametrize("unroll", [True, False])
+def test_unroll_forces_the_choice(unroll):
+  params, x, y = _problem(4)
+  grads_fn = fairgrad_jax.task_gradients(_losses, batch_size=2,
+                                         unroll=unroll)
+  _, grads = jax.jit(grads_fn)(params, x, y)
+  expected = jax.jacrev(_losses)(params, x, y)
+  jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=1e-5,
+                                                       atol=1e-6),
+               grads, expected)
+  hlo = jax.jit(grads_fn).lower(params, x, y).as_text()
+  assert ("while" in hlo) == (not unroll)
+  with pytest.raises(TypeError, match="unroll"):
+    fairgrad_jax.task_gradients(_losses, unroll=1)

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 import fairgrad_jax as fj
+from fairgrad_jax import _task_gradients
 from benchmarks.paper import problems
 from benchmarks.paper import protocols
 from benchmarks.paper import train
@@ -106,11 +107,8 @@ def profile(protocol: protocols.Protocol, *, alpha: float, steps: int,
   ms, comp, temp = _timed(step, (params, batch_stats, opt.init(params), batch),
                     steps)
   size = train.task_batch_size(protocol)
-  how = (f"vmap of K={k}" if size >= k else
-         f"lax.map of {size}-task vmaps, K={k}" if size > 1 else
-         f"lax.map of K={k}")
-  rows.append({"step": f"FairGrad α={alpha:g}, stacked ({how}"
-                       " backward passes)",
+  rows.append({"step": f"FairGrad α={alpha:g}, stacked (K={k} backward"
+                       f" passes, {'all' if size >= k else size} at a time)",
                "ms": ms, "compile_s": comp, "temp_gb": temp})
 
   # FairGrad Gram-only.
@@ -118,13 +116,19 @@ def profile(protocol: protocols.Protocol, *, alpha: float, steps: int,
   def losses_fn(p, s, b):
     return problem.losses(p, s, b, train=True)[0]
 
-  # As many tasks at once as the stacked step (bounded memory: QM9, CelebA).
-  chunk = None if size >= k else size
-  # vjp mode costs n + n(n-1)/2 chunk VJPs for n chunks, jvp mode K VJPs and
-  # K JVPs whatever the chunk: vjp only where all K fit in one chunk (on a
-  # CPU, where it measured faster for CNNs), jvp otherwise.
-  mode = gram_mode or ("vjp" if chunk is None and jax.default_backend() ==
-                       "cpu" else "jvp")
+  # As many tasks at once as the stacked step (bounded memory: QM9,
+  # CelebA), except for a CNN on a CPU: weighted_grad loops over chunks, and
+  # XLA's CPU convolutions run 35-80x slower in a loop body (see
+  # fairgrad_jax.task_gradients), so all K at once there. vjp mode costs
+  # n + n(n-1)/2 chunk VJPs for n chunks, jvp mode K VJPs and K JVPs
+  # whatever the chunk: vjp where all K fit in one chunk on a CPU (faster
+  # there for CNNs), jvp otherwise.
+  cpu = jax.default_backend() == "cpu"
+  convolves = _task_gradients._has_convolution(  # pylint: disable=protected-access
+      jax.make_jaxpr(lambda p: problem.losses(p, batch_stats, batch))(
+          params).jaxpr)
+  chunk = None if size >= k or (cpu and convolves) else size
+  mode = gram_mode or ("vjp" if chunk is None and cpu else "jvp")
   grad_fn = fj.weighted_grad(
       losses_fn, functools.partial(fj.fairgrad_weights, alpha=alpha),
       chunk_size=chunk, mode=mode, shared=shared, weight_heads=False)
