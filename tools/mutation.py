@@ -49,6 +49,7 @@ _SIMPLE = ["tests/test_simple_aggregators.py"]
 _LOSS = ["tests/test_loss_methods.py", "tests/test_reliability_losses.py"]
 _GRADVAC = ["tests/test_gradvac_sdmgrad.py"]
 _QP = ["tests/test_upgrad_dualproj.py"]
+_ALIGNED = ["tests/test_aligned_mtl_config.py"]
 _MGDA = ["tests/test_baselines.py", "tests/test_strength_mutants.py",
          "tests/test_strength_zero_task.py",
          "tests/test_reliability_hyperparams.py",
@@ -85,8 +86,8 @@ MODULES = {
     "dualproj": ("_methods/dualproj", _QP),
     "qp": ("_solvers/qp", _QP),
     "simplex": ("_solvers/simplex", _QP + _GRADVAC),
-    "aligned_mtl": ("_methods/aligned_mtl", ["tests/test_aligned_mtl_config.py"]),
-    "config": ("_methods/config", ["tests/test_aligned_mtl_config.py"]),
+    "aligned_mtl": ("_methods/aligned_mtl", _ALIGNED),
+    "config": ("_methods/config", _ALIGNED),
     "gradvac": ("_methods/gradvac", _GRADVAC),
     "sdmgrad": ("_methods/sdmgrad", _GRADVAC),
     "modo": ("_methods/modo", _GRADVAC),
@@ -159,7 +160,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--modules", nargs="+", default=DEFAULT,
-                      help=f"short names, or 'all' (one of: {', '.join(MODULES)})")
+                      help="short names, or 'all' (one of:"
+                      f" {', '.join(MODULES)})")
   parser.add_argument("--sample", type=int, default=0,
                       help="mutants per module, drawn with --seed (0: all)")
   parser.add_argument("--seed", type=int, default=0)

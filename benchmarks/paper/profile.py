@@ -93,8 +93,8 @@ def profile(protocol: protocols.Protocol, *, alpha: float, steps: int,
     updates, o = adam.update(grads, o, p)
     return optax.apply_updates(p, updates), new_stats, o
 
-  ms, comp, temp = _timed(ls_step, (params, batch_stats, adam.init(params), batch),
-                    steps)
+  ms, comp, temp = _timed(
+      ls_step, (params, batch_stats, adam.init(params), batch), steps)
   rows.append({"step": "LS (one backward of Σ l_i)", "ms": ms,
                "compile_s": comp, "temp_gb": temp})
 
@@ -104,8 +104,8 @@ def profile(protocol: protocols.Protocol, *, alpha: float, steps: int,
                               seed=0, main_task=0,
                               learning_rate=protocol.learning_rate)
   step = train.make_step(problem, opt)
-  ms, comp, temp = _timed(step, (params, batch_stats, opt.init(params), batch),
-                    steps)
+  ms, comp, temp = _timed(
+      step, (params, batch_stats, opt.init(params), batch), steps)
   size = train.task_batch_size(protocol)
   rows.append({"step": f"FairGrad α={alpha:g}, stacked (K={k} backward"
                        f" passes, {'all' if size >= k else size} at a time)",
@@ -141,8 +141,9 @@ def profile(protocol: protocols.Protocol, *, alpha: float, steps: int,
     return optax.apply_updates(p, updates), o, out.weights
 
   weights = jnp.full((k,), 1.0 / k, jnp.float32)
-  ms, comp, temp = _timed(gram_step, (params, batch_stats, tail.init(params), batch,
-                                weights), steps)
+  ms, comp, temp = _timed(
+      gram_step, (params, batch_stats, tail.init(params), batch, weights),
+      steps)
   rows.append({"step": f"FairGrad α={alpha:g}, Gram-only (weighted_grad,"
                        f" mode={mode}, chunk_size={chunk})", "ms": ms,
                "compile_s": comp, "temp_gb": temp})

@@ -56,9 +56,9 @@ class Protocol:
     num_val, num_test: QM9's random split sizes.
     max_task_batch: at most this many tasks' backward passes vmapped
       together (None: as many as :func:`fairgrad_jax.task_gradients`
-      chooses, all K on GPU/TPU, one at a time on a CPU); the rest run one
-      batch after the other (``lax.map``), to bound memory. Not a protocol
-      choice: the gradients are the same.
+      chooses, all K on GPU/TPU, one at a time on a CPU); the batches run
+      one after the other, to bound memory. Not a protocol choice: the
+      gradients are the same.
   """
 
   name: str
