@@ -401,3 +401,21 @@ def test_extreme_scales(name, scale):
                              atol=1e-5 * scale * np.abs(d[0]).max())
   if scale == 0.0:
     np.testing.assert_array_equal(d[1], 0.0)
+
+
+def test_mean_passes_shared_and_max_norm_and_needs_no_gram():
+  """fj.mean's own arguments reach the builder, and Mean asks for no Gram
+  matrix (mutation testing: dropping shared=, max_norm= or needs_gram=False
+  in mean.py passed every other test)."""
+  grads = {"trunk": jnp.array([[3.0, 0.0], [0.0, 4.0]]),
+           "head": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
+  shared = {"trunk": True, "head": False}
+  out, _ = fj.mean(shared=shared).update(grads, fj.mean().init(None))
+  np.testing.assert_allclose(out["trunk"], [1.5, 2.0])  # (1/K) Σ g_i
+  np.testing.assert_allclose(out["head"], [4.0, 6.0])  # Σ g_i
+  clipped, _ = fj.mean(shared=shared, max_norm=0.5).update(
+      grads, fj.mean().init(None))
+  np.testing.assert_allclose(jnp.linalg.norm(clipped["trunk"]), 0.5,
+                             rtol=1e-6)
+  np.testing.assert_allclose(clipped["head"], [4.0, 6.0])
+  assert fj.mean_weighting().needs_gram is False

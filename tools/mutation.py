@@ -133,6 +133,12 @@ EQUIVALENT = {
     "fairgrad_jax._methods.pcgrad.x__projected_weights__mutmut_50":
         "diag[j] > 0 -> >= 0: where diag[j] = 0 the row gram[j] is 0 too,"
         " so the step min(dots, 0) / safe[j] is 0 either way",
+    "fairgrad_jax._methods.krum.x_krum_weighting__mutmut_18":
+        "minimum=1 dropped from the n_selected check: 1 is"
+        " _checks.int_hyperparameter's default minimum",
+    "fairgrad_jax._methods.trimmed_mean.x_trimmed_mean__mutmut_111":
+        "counts += 2 instead of 1: the weights are counts / sum(counts),"
+        " unchanged by a common factor",
 }
 _NAMES = """
 import json, pathlib, sys
