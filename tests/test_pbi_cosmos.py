@@ -241,3 +241,22 @@ def test_reprs():
       "pbi_weighting(theta=1.0, pref_vector=(1.0, 2.0), reference=None)")
   assert repr(fj.cosmos(2.0)) == (
       "cosmos(lambda_=2.0, pref_vector=None, num_tasks=None)")
+
+
+def test_pbi_passes_shared_to_the_builder():
+  """Every leaf gets Σ_i w_i g_i (the gradient of the weighted loss), and
+  max_norm clips the shared leaves only, so shared= matters with it
+  (mutation testing: dropping shared= in fj.pbi passed every other test)."""
+  grads = {"trunk": jnp.array([[3.0, 0.0], [0.0, 4.0]]),
+           "head": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
+  agg = fj.pbi(num_tasks=2, shared={"trunk": True, "head": False},
+               max_norm=0.5)
+  out, state = agg.update(grads, agg.init(None),
+                          losses=jnp.array([1.0, 3.0]))
+  w = np.asarray(state.weights)
+  trunk = w @ np.asarray(grads["trunk"])
+  assert np.linalg.norm(trunk) > 1.0  # so the clip acts
+  np.testing.assert_allclose(out["trunk"], 0.5 * trunk / np.linalg.norm(trunk),
+                             rtol=1e-5)
+  np.testing.assert_allclose(out["head"], w @ np.asarray(grads["head"]),
+                             rtol=1e-5)

@@ -45,7 +45,8 @@ def test_every_method_module_is_mutated_or_left_out_with_a_reason(mutation):
     assert (ROOT / "fairgrad_jax" / f"{path}.py").is_file(), path
     for test in tests:
       assert (ROOT / test).is_file(), test
-  assert (ROOT / mutation.PROPERTIES).is_file()
+  for test in mutation.ALWAYS:
+    assert (ROOT / test).is_file(), test
 
 
 def test_equivalent_mutants_name_mutated_modules(mutation):

@@ -41,8 +41,10 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Test files that check the methods by value, per subject; every module also
-# gets PROPERTIES (the shared property table, parametrised by method).
+# gets ALWAYS: PROPERTIES (the shared property table, parametrised by method)
 PROPERTIES = "tests/test_properties.py"
+# ... and the documented defaults of every entry point.
+ALWAYS = [PROPERTIES, "tests/test_strength_defaults.py"]
 _BASELINES = ["tests/test_baselines.py", "tests/test_reliability_inputs.py",
               "tests/test_reliability_losses.py"]
 _SIMPLE = ["tests/test_simple_aggregators.py"]
@@ -187,7 +189,7 @@ def main(argv=None):
     src = ROOT / name
     (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
   only = [f"fairgrad_jax/{MODULES[m][0]}.py" for m in modules]
-  tests = sorted({t for m in modules for t in MODULES[m][1]} | {PROPERTIES})
+  tests = sorted({t for m in modules for t in MODULES[m][1]} | set(ALWAYS))
   with open(work / "pyproject.toml", "a", encoding="utf-8") as f:
     f.write(CONFIG.format(only=json.dumps(only), tests=json.dumps(tests)))
   (work / "preload.txt").write_text("\n".join(PRELOAD) + "\n")
