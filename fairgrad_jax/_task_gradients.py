@@ -15,12 +15,14 @@ from fairgrad_jax import _autogram
 _CPU_BATCH_SIZE = 1
 # XLA's CPU backend runs a convolution inside a loop body (lax.map, scan,
 # while) many times slower than the same convolution in straight-line code:
-# the backward pass of one 3x3 convolution layer, 8 tasks, 35-62x (2.7 s
+# the backward pass of one 3x3 convolution layer, 8 tasks, 62x (2.7 s
 # against 44 ms); CelebA's CNN at widths / 4, batch 32, 40 tasks one at a
-# time: 140 s in lax.map against 1.8 s unrolled (jax 0.10.2). So on a CPU,
+# time: 140 s in lax.map against 1.8 s unrolled, 78x; SegNet-MTAN at
+# widths / 8, 3 tasks: 23 s against 2.7 s, 8.5x (jax 0.10.2). So on a CPU,
 # a model with convolutions gets its backward passes as a straight-line
-# sequence (at most this many of them; beyond, the loop's compile-time
-# saving wins), other models the lean loop.
+# sequence (at most this many of them, a bound on the program's size and
+# compile time; a choice, not a measured crossover), other models the lean
+# loop.
 _MAX_UNROLLED = 64
 
 
@@ -69,11 +71,12 @@ def task_gradients(
     the compiled program (``jax.lax.map``), which is also the leanest;
     except for a model with convolutions (seen in the traced backward
     pass), whose passes are written out one after the other instead:
-    XLA's CPU convolutions run 35-80x slower inside a loop body (measured
-    on CelebA's CNN), so a straight-line program is the fast one there. It
-    is not the lean one: XLA then keeps more intermediate values alive
-    (CelebA's CNN at batch 256, 40 tasks: 20 GB of temporaries against
-    2.5 GB in the loop); ``unroll=False`` keeps the loop.
+    XLA's CPU convolutions run 8-80x slower inside a loop body (measured:
+    SegNet-MTAN 8.5x, CelebA's CNN 78x), so a straight-line program is the
+    fast one there. It is not the lean one: XLA then keeps more
+    intermediate values alive (CelebA's CNN at batch 256, 40 tasks: 20 GB
+    of temporaries against 2.5 GB in the loop); ``unroll=False`` keeps the
+    loop.
 
   ``batch_size`` overrides the choice (``batch_size=K`` is ``jax.jacrev``).
   Only the stacked gradients themselves (K copies of the params) are always

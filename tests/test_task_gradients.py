@@ -111,7 +111,7 @@ def _conv_losses(params, x):
 
 
 def test_convolutions_on_a_cpu_are_written_out_not_looped():
-  """XLA's CPU convolutions run 35-80x slower inside a loop body: on a CPU,
+  """XLA's CPU convolutions run 8-80x slower inside a loop body: on a CPU,
   one task at a time means a straight-line program for a model with
   convolutions (no while loop in the compiled HLO), a loop otherwise; the
   gradients equal jax.jacrev's either way."""

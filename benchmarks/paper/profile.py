@@ -118,7 +118,7 @@ def profile(protocol: protocols.Protocol, *, alpha: float, steps: int,
 
   # As many tasks at once as the stacked step (bounded memory: QM9,
   # CelebA), except for a CNN on a CPU: weighted_grad loops over chunks, and
-  # XLA's CPU convolutions run 35-80x slower in a loop body (see
+  # XLA's CPU convolutions run 8-80x slower in a loop body (see
   # fairgrad_jax.task_gradients), so all K at once there. vjp mode costs
   # n + n(n-1)/2 chunk VJPs for n chunks, jvp mode K VJPs and K JVPs
   # whatever the chunk: vjp where all K fit in one chunk on a CPU (faster
