@@ -36,6 +36,12 @@ def _weighting(name, kwargs):
 WEIGHTINGS = {name: _weighting(name, _WEIGHTING_KWARGS.get(name, {}))
               for name in _EXPORTED}
 WEIGHTINGS["mgda_loss+"] = lambda: fj.mgda_weighting("loss+")
+# SDMGrad with an inner loop that converges (steps of 0.5, not the paper's
+# 10, and 100 of them): its weights are then a continuous function of the
+# Gram matrix, so the modes, whose Gram matrices differ in the last bits,
+# must agree (see test_representation_level_equals_stacked_z_gradients).
+WEIGHTINGS["sdmgrad_converging"] = lambda: fj.sdmgrad_weighting(
+    lr=0.5, n_iter=100)
 NAMES = sorted(WEIGHTINGS)
 # Frank–Wolfe / projected gradient stop on a weight change, not at the
 # optimum; the Gram matrices of the modes differ in the last bits.
@@ -118,18 +124,18 @@ def test_gram_only_equals_stacked_step_after_step(name, shared):
   assert np.all(np.isfinite(s1.weights)) and np.any(s1.weights != 0)
 
 
-# SDMGrad (new this stop): in CI its representation-level weights came out
-# (1/13, 11/13, 1/13) against the stacked (0.077, 0.571, 0.352); its 20 fixed
-# projected steps of size 10 make the weights jump between simplex faces on
-# last-bit differences. Recorded as a known failure on issue 14, not hidden.
-_SDMGRAD_CHAOS = pytest.mark.xfail(
-    reason="SDMGrad's lr-10 projected steps amplify last-bit differences",
-    strict=False)
+# SDMGrad at its defaults is left out here: in one CI run its
+# representation-level weights came out (1/13, 11/13, 1/13) against the
+# stacked (0.077, 0.571, 0.352). Its 20 fixed projected steps of size 10
+# (the authors' setting) overshoot across the simplex and stop wherever the
+# 20th step lands, so a last-bit difference in the Gram matrix can move the
+# weights to another face: a property of the method at its defaults, not of
+# the mode. "sdmgrad_converging" (an inner loop that converges) checks the
+# representation-level plumbing for SDMGrad instead.
+_REPRESENTATION_NAMES = [n for n in NAMES if n != "sdmgrad"]
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=_SDMGRAD_CHAOS) if n == "sdmgrad" else n
-    for n in NAMES])
+@pytest.mark.parametrize("name", _REPRESENTATION_NAMES)
 def test_representation_level_equals_stacked_z_gradients(name):
   """Representation-level weights are the method's on the stacked ∂l_i/∂z."""
   weighting = WEIGHTINGS[name]()
@@ -174,6 +180,8 @@ def _factory(name, kwargs):
 FACTORIES = {name: _factory(name, _FACTORY_KWARGS.get(name, {}))
              for name in _EXPORTED}
 FACTORIES["mgda_loss+"] = lambda: fj.mgda("loss+", num_tasks=K)
+FACTORIES["sdmgrad_converging"] = lambda: fj.sdmgrad(
+    lr=0.5, n_iter=100, num_tasks=K)
 
 
 @pytest.mark.parametrize("name", NAMES)
