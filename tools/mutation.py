@@ -5,13 +5,13 @@ Usage (needs the ``dev`` extra: ``pip install -e ".[test,dev]"``)::
   python tools/mutation.py [--modules pcgrad upgrad ...] [--sample 20]
                            [--seed 0] [--max-children 2] [--timeout 1200]
 
-Copies the package and the tests into a temporary directory (the working
-tree is never touched), writes a ``[tool.mutmut]`` section into the copy's
+Copies the package and the tests into a temporary directory (the working tree
+is never touched), writes a ``[tool.mutmut]`` section into the copy's
 pyproject.toml that mutates the chosen modules only (MODULES below: every
-method module and the solvers they share), and runs ``mutmut run`` against
-the chosen modules' own test files (no training loops, slow tests left
-out). It prints mutmut's per-mutant results and the score, killed /
-(killed + survived), with timeouts counted as killed; mutants that no
+method module, the solvers they share and the aggregator builder), and runs
+``mutmut run`` against the chosen modules' own test files (no training loops,
+slow tests left out). It prints mutmut's per-mutant results and the score,
+killed / (killed + survived), with timeouts counted as killed; mutants that no
 selected test reaches, and the survivors shown equivalent (EQUIVALENT
 below, each with its reason), are listed apart.
 
@@ -103,6 +103,10 @@ MODULES = {
     "constant": ("_methods/constant", _SIMPLE),
     "krum": ("_methods/krum", _SIMPLE),
     "trimmed_mean": ("_methods/trimmed_mean", _SIMPLE),
+    # The builder every method's aggregator comes from (fj.aggregator, the
+    # Weighting class, the conflict check, the bad-step guard).
+    "aggregator": ("_aggregator", ["tests/test_weighting.py",
+                                   "tests/test_reliability_wrappers.py"]),
 }
 DEFAULT = ["pcgrad", "imtl_g", "mgda"]
 CONFIG = """
