@@ -116,7 +116,7 @@ only_mutate = {only}
 pytest_add_cli_args_test_selection = {tests}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "-m", "not slow",
                        "-k", "not fairgrad and not nash_mtl_matches"]
-also_copy = ["README.md", "tests"]
+also_copy = ["README.md", "tests", "benchmarks"]
 # JAX's thread pools do not survive a fork: every mutant gets a fresh
 # process from a fork server that has imported JAX but not started it.
 process_isolation = "forkserver"
@@ -189,7 +189,9 @@ def main(argv=None):
     parser.error(f"unknown modules {unknown}; known: {', '.join(MODULES)}")
 
   work = pathlib.Path(tempfile.mkdtemp(prefix="fairgrad_mutmut_"))
-  for name in ("fairgrad_jax", "tests", "pyproject.toml", "README.md"):
+  # benchmarks/: test_weighting_accuracy.py (MGDA's list) imports from it.
+  for name in ("fairgrad_jax", "tests", "benchmarks", "pyproject.toml",
+               "README.md"):
     src = ROOT / name
     (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
   only = [f"fairgrad_jax/{MODULES[m][0]}.py" for m in modules]

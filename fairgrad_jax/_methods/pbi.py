@@ -148,6 +148,14 @@ def pbi(
   Pareto front, build one aggregator per preference (TorchJD resamples p
   from a Dirichlet distribution).
 
+  PBI drives the losses towards the preference line, not only down: with
+  equal preferences a task whose loss is below the others' gets a negative
+  weight (θ = 5, K = 2, l₁ > l₂: w = (4.24, −2.83)), and losses of
+  different scales are pulled towards equality. On the package's
+  synthetic benchmark (losses over four decades) that raises the smallest
+  task's error 6·10⁴-fold (``benchmarks/RESULTS.md``): give a preference in
+  proportion to the losses you expect.
+
   The losses and ``l − z*`` must be finite (any sign); a call with a
   non-finite one gives NaN weights, hence a NaN update that
   ``optax.apply_if_finite`` skips.
