@@ -246,7 +246,10 @@ def test_custom_weighting_runs_in_every_mode():
   out, s2 = grad_fn(_params(), _X, state=grad_fn.init(K))
   chex.assert_trees_all_close(d1, out.update, rtol=1e-4, atol=1e-6)
   assert int(s1.extra) == int(s2.extra) == 1
-  with pytest.raises(ValueError, match="loss_over_norm needs the task losses"):
+  # The whole message: it tells the user how to pass them.
+  with pytest.raises(ValueError, match=(
+      r"^loss_over_norm needs the task losses: update\(grads, state, params,"
+      r" losses=\.\.\.\) with losses of shape \(K,\)\.$")):
     agg.update(grads, agg.init(None))
 
 
