@@ -94,11 +94,11 @@ _ARMIJO = 1e-4
 # log-weights) have not cut its largest residual by _PROGRESS for this many
 # iterations: the residual is then at the round-off floor of its evaluation.
 _PATIENCE = 2
+_LOCAL = 0.1
+_PROGRESS = 0.5
 # Contraction factor below which two full Newton steps count as being in the
 # quadratic phase (the remaining error is then estimated as θ² · the step).
 _QUADRATIC = 0.25
-_LOCAL = 0.1
-_PROGRESS = 0.5
 # The final Newton steps on the unregularized equation are taken only if
 # they change no weight by more than about 1% (see _polish).
 _POLISH_MAX_STEP = 1e-2
@@ -514,9 +514,10 @@ def fairgrad_solve(
     maxiter: maximum Newton iterations. Cold starts take a median of 3–9
       per (K, α) on issue 11's hard set (up to 23 with conflicting tasks,
       norms over seven decades and α = 10); warm starts on a slowly
-      drifting problem 1–2 (3 where the weights move by tens of percent per
-      step, as conflicting tasks over seven decades do). Up to two
-      polishing Newton steps follow, not counted.
+      drifting problem at most 2 at K = 10 and α <= 5, 3–5 at α = 10 or
+      K = 40, more where the weights move by tens of percent per step
+      (tasks over seven decades at α >= 5: up to 17 at K = 40, α = 10).
+      Up to two polishing Newton steps follow, not counted.
     tol: stop once every task's relative residual
       |(GᵀG w)_i - w_i^(-1/α)| / w_i^(-1/α) is at most ``tol``, or a full
       Newton step changed no weight by more than ``tol`` relatively; the
