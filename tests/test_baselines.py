@@ -321,6 +321,25 @@ def test_hyperparameter_checks():
     fairgrad_jax.famo(w_lr=0.0, num_tasks=2)
   with pytest.raises(ValueError, match="num_tasks"):
     fairgrad_jax.graddrop(num_tasks=0)
+  # Gradients with another task count than built for: the message says both.
+  agg = fairgrad_jax.graddrop(num_tasks=2)
+  with pytest.raises(ValueError, match=r"^graddrop was built with num_tasks=2"
+                     r" but the gradients have a task axis of size 3\.$"):
+    agg.update({"w": jnp.eye(3)}, agg.init(None))
+
+
+def test_nash_mtl_weights_starts_from_init():
+  """``init=`` is where the solve starts: from the root itself one Newton
+  step keeps it, while the cold start needs more than one on these
+  conflicting gradients (mutation testing found init= dropped unnoticed)."""
+  g = np.array([[1.0, 0.2, 0.0], [-0.9, 0.5, 0.1], [0.1, -0.8, 1.0]],
+               np.float32) * np.array([[1.0], [10.0], [0.1]], np.float32)
+  gram = jnp.asarray(g @ g.T)
+  root = fairgrad_jax.nash_mtl_weights(gram)
+  warm = fairgrad_jax.nash_mtl_weights(gram, init=root, maxiter=1)
+  cold = fairgrad_jax.nash_mtl_weights(gram, maxiter=1)
+  np.testing.assert_allclose(warm, root, rtol=1e-5)
+  assert np.max(np.abs(np.asarray(cold) / np.asarray(root) - 1)) > 1e-3
 
 
 def test_reprs_show_hyperparameters():

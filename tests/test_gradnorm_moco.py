@@ -297,6 +297,10 @@ def test_excess_mtl_closed_form_steps():
                          0), axis=1)
   w3 = 2 * jax.nn.softmax(np.log(w2) + 0.5 * eps3)
   np.testing.assert_allclose(w[2], w3, rtol=1e-5)
+  # The state keeps the logits normalised: z = log(w/K) - max, max z = 0.
+  np.testing.assert_array_equal(np.max(extra.logits, axis=1), 0.0)
+  np.testing.assert_allclose(extra.logits[2],
+                             np.log(w3) - np.max(np.log(w3)), atol=1e-5)
   np.testing.assert_allclose(d[2], w3 @ g3, rtol=1e-5)
 
 

@@ -7,6 +7,7 @@ three give the same weights, state and update.
 """
 
 import ast
+import inspect
 import pathlib
 
 import chex
@@ -195,6 +196,107 @@ def test_factory_is_the_builder_on_the_weighting(name):
   d2, s2 = factory.update(grads, factory.init(None), losses=losses)
   chex.assert_trees_all_close(d1, d2)
   chex.assert_trees_all_close(s1, s2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_factory_passes_shared_and_max_norm_to_the_builder(name):
+  """``shared=``, ``max_norm=`` and ``scale_by_num_tasks=`` reach the
+  builder from every factory.
+
+  (Mutation testing found factories that dropped either one, or passed
+  None, with every other test passing.) The max_norm is small enough to clip.
+  """
+  base = {"mgda_loss+": "mgda", "sdmgrad_converging": "sdmgrad"}.get(name,
+                                                                    name)
+  # linear_scalarization has no max_norm (it is the plain sum).
+  signature = inspect.signature(getattr(fj, base)).parameters
+  clip = {"max_norm": 0.05} if "max_norm" in signature else {}
+  if "scale_by_num_tasks" in signature:
+    clip["scale_by_num_tasks"] = True
+  args = {"mgda_loss+": ("loss+",)}.get(name, ())
+  kwargs = {"sdmgrad_converging": {"lr": 0.5, "n_iter": 100}}.get(
+      name, _FACTORY_KWARGS.get(name, {}))
+  factory = getattr(fj, base)(*args, num_tasks=K, shared=MASK,
+                              **dict(kwargs, **clip))
+  built = fj.aggregator(WEIGHTINGS[name](), num_tasks=K, shared=MASK, **clip)
+  assert repr(built) == repr(factory)
+  grads = jax.jacrev(_losses)(_params(), _X)
+  losses = _losses(_params(), _X)
+  d1, _ = built.update(grads, built.init(None), losses=losses)
+  d2, _ = factory.update(grads, factory.init(None), losses=losses)
+  chex.assert_trees_all_close(d1, d2)
+  if "max_norm" in clip:  # the shared leaf is clipped to the max_norm
+    assert float(jnp.linalg.norm(d2["w1"])) <= 0.05 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_state_and_update_keep_their_dtypes_under_x64(name):
+  """With ``jax_enable_x64`` on, float32 gradients give a float32 update and
+  a state whose dtypes do not change from one step to the next (a
+  ``lax.scan`` training loop needs a fixed carry). Mutation testing found
+  initial states and intermediate arrays built with the default dtype,
+  which x64 makes float64."""
+  with jax.enable_x64(True):
+    agg = FACTORIES[name]()
+    params = jax.tree.map(lambda p: p.astype(jnp.float32), _params())
+    grads = jax.jacrev(_losses)(params, _X.astype(jnp.float32))
+    losses = _losses(params, _X.astype(jnp.float32))
+    state = agg.init(params)
+    dtypes = jax.tree.map(lambda x: jnp.asarray(x).dtype, state)
+    for _ in range(2):
+      update, state = agg.update(grads, state, params, losses=losses)
+      assert jax.tree.map(lambda x: jnp.asarray(x).dtype, state) == dtypes
+      assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(update))
+
+
+# The methods whose state learns from the steps (loss histories, learned
+# scales, momentum weights): a step that optax.apply_if_finite skips must
+# leave their whole state as it was.
+KEEP_STATE = ["cosmos", "cr_mogm", "db_mtl", "dwa", "famo", "geometric_mean",
+              "gradnorm", "gradvac", "imtl_l", "modo", "pbi", "rlw",
+              "scale_invariant", "sdmgrad", "sdmgrad_converging", "stch",
+              "uw"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_non_finite_step_leaves_a_learning_state_as_it_was(name):
+  weighting = WEIGHTINGS[name]()
+  assert weighting.keep_state_on_bad_step == (name in KEEP_STATE)
+  if name not in KEEP_STATE:
+    return
+  agg = fj.aggregator(weighting, num_tasks=K)
+  grads = jax.jacrev(_losses)(_params(), _X)
+  losses = _losses(_params(), _X)
+  _, state = agg.update(grads, agg.init(None), losses=losses)
+  bad = jax.tree.map(lambda g: g.at[0].set(jnp.nan), grads)
+  update, after = agg.update(bad, state, losses=losses)
+  assert not all(bool(jnp.all(jnp.isfinite(u)))
+                 for u in jax.tree.leaves(update))
+  chex.assert_trees_all_equal(after, state)
+
+
+# The methods whose weights ignore the Gram matrix: the builder skips its
+# O(K²P) product for them (needs_gram=False) and hands them zeros.
+NO_GRAM = ["constant", "cosmos", "dwa", "famo", "geometric_mean", "imtl_l",
+           "linear_scalarization", "mean", "pbi", "rlw", "scale_invariant",
+           "stch", "uw"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_gram_product_is_skipped_exactly_where_it_is_ignored(name):
+  weighting = WEIGHTINGS[name]()
+  assert weighting.needs_gram == (name not in NO_GRAM)
+  if name not in NO_GRAM:
+    return
+  grads = jax.jacrev(_losses)(_params(), _X)
+  flat = jnp.concatenate([g.reshape(K, -1) for g in jax.tree.leaves(grads)],
+                         axis=1)
+  losses = _losses(_params(), _X)
+  key = jax.random.PRNGKey(0)
+  state = weighting.init(K)
+  w_gram, _ = weighting(flat @ flat.T, state, losses=losses, key=key)
+  w_zero, _ = weighting(jnp.zeros((K, K)), state, losses=losses, key=key)
+  np.testing.assert_array_equal(w_gram, w_zero)
 
 
 def test_every_exported_factory_is_in_the_property_table():
