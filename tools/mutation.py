@@ -142,6 +142,10 @@ EQUIVALENT = {
     "fairgrad_jax._methods.krum.x_krum_weighting__mutmut_18":
         "minimum=1 dropped from the n_selected check: 1 is"
         " _checks.int_hyperparameter's default minimum",
+    "fairgrad_jax._methods.modo.x_modo_weighting__mutmut_35":
+        "jnp.full(..., float) -> jnp.full(..., None): Python's float as a"
+        " dtype is JAX's default float dtype, as None is (float64 under"
+        " x64 either way)",
     "fairgrad_jax._methods.trimmed_mean.x_trimmed_mean__mutmut_111":
         "counts += 2 instead of 1: the weights are counts / sum(counts),"
         " unchanged by a common factor",
