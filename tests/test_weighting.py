@@ -203,7 +203,7 @@ def test_factory_passes_shared_and_max_norm_to_the_builder(name):
   """``shared=``, ``max_norm=`` and ``scale_by_num_tasks=`` reach the
   builder from every factory.
 
-  (Mutation testing found factories that dropped either one, or passed
+  (Mutation testing found factories that dropped one of them, or passed
   None, with every other test passing.) The max_norm is small enough to clip.
   """
   base = {"mgda_loss+": "mgda", "sdmgrad_converging": "sdmgrad"}.get(name,
@@ -249,9 +249,11 @@ def test_float32_state_and_update_keep_their_dtypes_under_x64(name):
       assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(update))
 
 
-# The methods whose state learns from the steps (loss histories, learned
-# scales, momentum weights): a step that optax.apply_if_finite skips must
-# leave their whole state as it was.
+# The methods that keep their whole state after a step whose update is not
+# finite, so that a step optax.apply_if_finite skips leaves no trace: those
+# whose state learns from the steps (loss histories, learned scales,
+# momentum weights), and every loss weighting (the shared loss-weighting
+# builder sets it, for the stateless COSMOS, PBI, GLS too).
 KEEP_STATE = ["cosmos", "cr_mogm", "db_mtl", "dwa", "famo", "geometric_mean",
               "gradnorm", "gradvac", "imtl_l", "modo", "pbi", "rlw",
               "scale_invariant", "sdmgrad", "sdmgrad_converging", "stch",
