@@ -96,9 +96,6 @@ _ARMIJO = 1e-4
 _PATIENCE = 2
 _LOCAL = 0.1
 _PROGRESS = 0.5
-# Contraction factor below which two full Newton steps count as being in the
-# quadratic phase (the remaining error is then estimated as θ² · the step).
-_QUADRATIC = 0.25
 # The final Newton steps on the unregularized equation are taken only if
 # they change no weight by more than about 1% (see _polish).
 _POLISH_MAX_STEP = 1e-2
@@ -361,16 +358,13 @@ def _solve(x0, prob, active, maxiter, tol):
     # Done once the weights' remaining error is below tol, whatever the
     # residual's round-off (a task whose (GᵀG w)_i cancels has a residual
     # that float weights cannot bring below eps times the cancellation
-    # factor). Two full steps in a row contracting by θ = moved / last:
-    # in Newton's quadratic phase (θ ≤ _QUADRATIC) the next correction is
-    # about (ω/2) moved² with ω ≈ 2 moved / last² (Deuflhard's estimate of
-    # the affine-invariant Lipschitz constant), that is θ² · moved; otherwise
-    # θ · moved bounds what is left of a linearly contracting sequence.
-    # last = 0: the previous step was not a full one, θ counts as 1 (a full
-    # step below tol is itself the distance to the root, to first order).
+    # factor). Two full steps in a row contracting by θ = moved / last leave
+    # about θ · moved to go (Deuflhard's estimate; θ ≈ C · last in Newton's
+    # quadratic phase). last = 0: the previous step was not a full one, θ
+    # counts as 1 (a full step below tol is itself the distance to the root,
+    # to first order).
     full = finite & (t == 1.0)
-    theta = jnp.minimum(1.0, moved / last)
-    remaining = moved * jnp.where(theta <= _QUADRATIC, theta * theta, theta)
+    remaining = moved * jnp.minimum(1.0, moved / last)
     settled = full & (remaining <= tol)
     err = worst(_terms(x_new, prob).rel)
     # In Newton's quadratic phase a full step cuts the residual many-fold;
@@ -514,10 +508,8 @@ def fairgrad_solve(
     maxiter: maximum Newton iterations. Cold starts take a median of 3–9
       per (K, α) on issue 11's hard set (up to 23 with conflicting tasks,
       norms over seven decades and α = 10); warm starts on a slowly
-      drifting problem at most 2 at K = 10 and α <= 5, 3–5 at α = 10 or
-      K = 40, more where the weights move by tens of percent per step
-      (tasks over seven decades at α >= 5: up to 17 at K = 40, α = 10).
-      Up to two polishing Newton steps follow, not counted.
+      drifting problem 1–2 (2–3 with strongly conflicting tasks). Up to two
+      polishing Newton steps follow, not counted.
     tol: stop once every task's relative residual
       |(GᵀG w)_i - w_i^(-1/α)| / w_i^(-1/α) is at most ``tol``, or a full
       Newton step changed no weight by more than ``tol`` relatively; the
