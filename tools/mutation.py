@@ -109,6 +109,9 @@ MODULES = {
                                    "tests/test_reliability_wrappers.py"]),
 }
 DEFAULT = ["pcgrad", "imtl_g", "mgda"]
+# Copied beside the package into the work tree, and by mutmut into its own
+# (benchmarks/: test_weighting_accuracy.py, in MGDA's list, imports it).
+ALSO_COPY = ("README.md", "tests", "benchmarks")
 CONFIG = """
 [tool.mutmut]
 source_paths = ["fairgrad_jax"]
@@ -116,7 +119,7 @@ only_mutate = {only}
 pytest_add_cli_args_test_selection = {tests}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "-m", "not slow",
                        "-k", "not fairgrad and not nash_mtl_matches"]
-also_copy = ["README.md", "tests", "benchmarks"]
+also_copy = {also_copy}
 # JAX's thread pools do not survive a fork: every mutant gets a fresh
 # process from a fork server that has imported JAX but not started it.
 process_isolation = "forkserver"
@@ -193,15 +196,14 @@ def main(argv=None):
     parser.error(f"unknown modules {unknown}; known: {', '.join(MODULES)}")
 
   work = pathlib.Path(tempfile.mkdtemp(prefix="fairgrad_mutmut_"))
-  # benchmarks/: test_weighting_accuracy.py (MGDA's list) imports from it.
-  for name in ("fairgrad_jax", "tests", "benchmarks", "pyproject.toml",
-               "README.md"):
+  for name in ("fairgrad_jax", "pyproject.toml") + ALSO_COPY:
     src = ROOT / name
     (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
   only = [f"fairgrad_jax/{MODULES[m][0]}.py" for m in modules]
   tests = sorted({t for m in modules for t in MODULES[m][1]} | set(ALWAYS))
   with open(work / "pyproject.toml", "a", encoding="utf-8") as f:
-    f.write(CONFIG.format(only=json.dumps(only), tests=json.dumps(tests)))
+    f.write(CONFIG.format(only=json.dumps(only), tests=json.dumps(tests),
+                          also_copy=json.dumps(list(ALSO_COPY))))
   (work / "preload.txt").write_text("\n".join(PRELOAD) + "\n")
   env = dict(os.environ, **CACHE_ENV,
              JAX_COMPILATION_CACHE_DIR=str(work / "xla_cache"))
