@@ -61,6 +61,12 @@ def test_hard_set_converges(alpha):
   cases = [c for c in _cases() if c.alpha == alpha]
   assert len(cases) == 12
   sols = _batched(_padded(cases), alpha)
+  # Issue 11: a median of at most 5 cold iterations. Measured on this slice
+  # (K = 2 and 10, padded to 10): medians 1-5, at most 7 (the solver of
+  # stop 26, without the weight path: median 6 and up to 15 at α = 10).
+  iters = np.asarray(sols.num_iterations)
+  assert np.median(iters) <= 5, (alpha, sorted(iters.tolist()))
+  assert iters.max() <= 8, (alpha, sorted(iters.tolist()))
   for n, c in enumerate(cases):
     w = np.asarray(sols.weights[n], np.float64)
     # Padding tasks have zero gradients: they drop out with weight 0.
@@ -119,11 +125,11 @@ def test_hard_set_converged_flag_means_weights_at_the_root(alpha):
 
 
 def test_warm_start_on_a_drifting_sequence():
-  """Warm-started from the last weights, a slowly drifting problem takes
-  fewer iterations than cold (at most 5) and matches the cold solve. (Issue 11
-  asks for at most 2; measured on these conflicting tasks: 2 at α = 1 and 2,
-  2–3 at α = 5, against a cold median of 3, 5 and 7; random and correlated
-  tasks take 1–2.)"""
+  """Warm-started from the last weights, a slowly drifting problem takes at
+  most 2 iterations (issue 11) and matches the cold solve. (The weights move
+  up to 10% per step here at α = 5: the first Newton step brings them to
+  ~3e-3, the second to ~1e-5, and two full steps contracting by θ ≤ 1/4
+  leave about θ² times the last one to go; the solver of stop 26 took 3.)"""
   rng = np.random.default_rng(0)
   g = _hard_set.gradients("conflicting", PAD_K, 2, seed=3)
   drift = rng.normal(size=g.shape) * 1e-3 * np.linalg.norm(g, axis=1,
@@ -143,7 +149,7 @@ def test_warm_start_on_a_drifting_sequence():
       np.testing.assert_allclose(sol.weights, cold.weights[step], rtol=1e-4)
       w = sol.weights
     cold_median = np.median(np.asarray(cold.num_iterations))
-    assert max(warm_iters) <= 5, (alpha, warm_iters)
+    assert max(warm_iters) <= 2, (alpha, warm_iters)
     assert np.median(warm_iters) < cold_median, (alpha, warm_iters)
 
 

@@ -4,8 +4,9 @@ Each test here pins what a weaker assert elsewhere only gestures at:
 
 * test_fairgrad_aggregator.py::test_chain_with_adam_trains_every_task asserts
   ``1 <= num_iterations <= 100`` with maxiter 100 (true of any run that
-  stopped at the cap): here the solver must report convergence, with
-  iterations well below the cap, and its residual must be what it reports.
+  stopped at the cap): here the solver must report convergence at every
+  step, with iterations well below the cap, weights at the float64 root of
+  the step's Gram matrix, and (where float32 can) the residual it reports.
 * test_fairgrad_aggregator.py::test_mask_forms checks only the shape of the
   nested prefix mask's output: here its values.
 * test_representation.py::test_one_backward_pass_through_the_encoder checks
@@ -26,46 +27,81 @@ import optax
 import fairgrad_jax as fj
 import test_fairgrad_aggregator as agg_tests
 import test_representation as rep_tests
+import test_solver_hard  # noqa: F401  (puts benchmarks/ on sys.path)
+from benchmarks import _hard_set  # pylint: disable=g-import-not-at-top
 
 
 def _chain_run(steps):
+  """150 FairGrad + Adam steps; per step the trunk's Gram matrix (float32,
+  as the aggregator forms it) and the state's diagnostics and weights."""
   opt = optax.chain(
       fj.fairgrad(alpha=2.0, num_tasks=agg_tests.K,
                   shared=agg_tests.HEADS_MASK),
       optax.adam(1e-2))
   step = agg_tests.make_step(opt)
+  gram_fn = jax.jit(lambda p: fj.gram_matrix(
+      jax.jacrev(agg_tests.losses_fn)(p, agg_tests.X)["trunk"].reshape(
+          agg_tests.K, -1)))
   params, state = agg_tests.PARAMS, opt.init(agg_tests.PARAMS)
-  infos = []
+  grams, infos, weights = [], [], []
   for _ in range(steps):
-    last_params = params
+    grams.append(np.asarray(gram_fn(params), np.float64))
     params, state, _ = step(params, state)
     infos.append(state[0].extra)
-  return last_params, state, infos
+    weights.append(np.asarray(state[0].weights, np.float64))
+  return grams, infos, weights
 
 
 def test_chain_solves_converge_below_the_cap():
-  """Every solve of the 150-step run converges in a few iterations.
+  """Every solve of the 150-step run converges in a few iterations, to the
+  root of the Gram matrix it was given, and reports its own residual.
 
   The default maxiter is 100; the run's largest count is the assert's
-  subject, and the reported residual is recomputed from the weights.
+  subject. The roots are float64 ones found without the package
+  (``benchmarks._hard_set.float64_root``). As the trunk nears a
+  Pareto-stationary point the Gram matrix's condition number reaches
+  1e7-1e9: float32 weights cannot bring the residual of such a matrix to
+  1e-5 (the float64 root rounded to float32 has a residual of up to 4e-4,
+  its "floor"), which is why ``converged`` also accepts a last Newton
+  correction below tol. So every step is checked for its weights, and the
+  well-conditioned ones for their residual.
+  (This test once asserted the residual of the run's last step only: 1e-5
+  held there by the luck of where the run ended, 25 of its 150 steps
+  reported more with the same solver.)
   """
-  last_params, state, infos = _chain_run(150)
+  grams, infos, weights = _chain_run(150)
   iters = np.array([int(i.num_iterations) for i in infos])
   converged = np.array([bool(i.converged) for i in infos])
   assert converged.all(), np.flatnonzero(~converged)
-  # Measured with the damped-Newton solve: 2-5 iterations (median 3) as
+  # Measured with the damped-Newton solve: 2-4 iterations (median 2) as
   # the trunk nears a Pareto-stationary point; the cap is 100.
   assert iters.max() <= 10, iters
-  # The reported residual is that of the state's weights for the last
-  # step's gradients (recomputed in float64).
-  grads = jax.jacrev(agg_tests.losses_fn)(last_params, agg_tests.X)
-  g = np.asarray(grads["trunk"], np.float64).reshape(agg_tests.K, -1)
-  w = np.asarray(state[0].weights, np.float64)
-  target = w ** (-1 / 2.0)
-  res = np.linalg.norm(g @ g.T @ w - target) / np.linalg.norm(target)
-  reported = float(infos[-1].relative_residual)
-  assert reported <= 1e-5, reported
-  assert res <= 1e-4, (res, reported)
+  errors, floors, reported, recomputed = [], [], [], []
+  for gram, info, w in zip(grams, infos, weights):
+    root, root_res = _hard_set.float64_root(gram, 2.0, with_scipy=False)
+    assert root is not None, root_res
+    errors.append(np.max(np.abs(w / root - 1.0)))
+    floors.append(_hard_set.relative_residual(
+        gram, root.astype(np.float32), 2.0))
+    reported.append(float(info.relative_residual))
+    recomputed.append(_hard_set.relative_residual(gram, w, 2.0))
+  errors, floors = np.array(errors), np.array(floors)
+  reported, recomputed = np.array(reported), np.array(recomputed)
+  # Measured: weights within 1.5e-6 of the root (float32's round-off is
+  # 6e-8; the weights of an ill-conditioned step are good to a few ulps
+  # times its conditioning).
+  assert errors.max() <= 1e-5, (errors.max(), errors.argmax())
+  # On the well-conditioned steps (floor <= 1e-7, about a third) the
+  # residual itself meets the default tol, and the state reports that of
+  # its weights (recomputed here from this test's float32 Gram matrix, whose
+  # rounding differs slightly from the aggregator's). Measured over 47-49
+  # such steps: reported and recomputed at most 1.7e-6, 5.7e-7 apart.
+  easy = floors <= 1e-7
+  assert easy.sum() >= 30, easy.sum()
+  assert reported[easy].max() <= 1e-5, reported[easy].max()
+  assert recomputed[easy].max() <= 1e-5, recomputed[easy].max()
+  np.testing.assert_allclose(reported[easy], recomputed[easy], rtol=0,
+                             atol=2e-6)
 
 
 def test_nested_prefix_mask_values():
