@@ -242,7 +242,7 @@ def hard_table(ks, calls, solve_fn=None, with_scipy=True, scipy_max_k=64,
       sp, tc = (med(t_sp) if t_sp else float("nan")), med(t_cold)
       tw = med(t_warm) if t_warm else float("nan")
       lines.append(
-          f"| {k} | {alpha:g} | {med(iters):.0f} / {max(iters)} | "
+          f"| {k} | {alpha:g} | {med(iters):g} / {max(iters)} | "
           f"{max(res):.1e} | {max(floor) if floor else float('nan'):.1e} | "
           f"{max(errs) if errs else float('nan'):.1e} | {unrep}/{len(group)}"
           f" | {sp * 1e3:.1f} | {tc * 1e3:.3f} | {tw * 1e3:.3f} | "

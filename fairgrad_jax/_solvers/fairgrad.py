@@ -560,10 +560,11 @@ def fairgrad_solve(
       negative or not finite gives NaN weights.
     init: optional (K,) starting weights (e.g. the previous step's); entries
       that are not positive and finite fall back to the default start.
-    maxiter: maximum Newton iterations. Cold starts take a median of 3–9
-      per (K, α) on issue 11's hard set (up to 23 with conflicting tasks,
+    maxiter: maximum Newton iterations. Cold starts take a median of 0–7
+      per (K, α) on issue 11's hard set (up to 17 with conflicting tasks,
       norms over seven decades and α = 10); warm starts on a slowly
-      drifting problem 1–2 (2–3 with strongly conflicting tasks). Up to two
+      drifting problem 1–2 (3–5 with strongly conflicting tasks at α >= 5,
+      more where the weights move by tens of percent per step). Up to two
       polishing Newton steps follow, not counted.
     tol: stop once every task's relative residual
       |(GᵀG w)_i - w_i^(-1/α)| / w_i^(-1/α) is at most ``tol``, or a full
