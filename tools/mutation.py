@@ -44,7 +44,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # gets ALWAYS: PROPERTIES (the shared property table, parametrised by method)
 PROPERTIES = "tests/test_properties.py"
 # ... and the documented defaults of every entry point.
-ALWAYS = [PROPERTIES, "tests/test_strength_defaults.py"]
+ALWAYS = [PROPERTIES, "tests/test_strength_defaults.py",
+          # ... and the tests written against the seed-4 sample's survivors
+          # (error messages, dtypes under x64, reprs: across modules).
+          "tests/test_strength_mutants_sample4.py"]
 _BASELINES = ["tests/test_baselines.py", "tests/test_reliability_inputs.py",
               "tests/test_reliability_losses.py"]
 _SIMPLE = ["tests/test_simple_aggregators.py"]
@@ -152,6 +155,33 @@ EQUIVALENT = {
     "fairgrad_jax._methods.trimmed_mean.x_trimmed_mean__mutmut_111":
         "counts += 2 instead of 1: the weights are counts / sum(counts),"
         " unchanged by a common factor",
+    "fairgrad_jax._methods.cosmos.x_cosmos_weighting__mutmut_41":
+        "l = where(ok, l, 1) instead of 0 for non-finite losses: where not "
+        "ok the weights are where(ok, r - penalty, nan) = NaN whatever l is",
+    "fairgrad_jax._methods.cosmos.x_cosmos_weighting__mutmut_66":
+        "l_hat = scaled / where(nonzero, ‖scaled‖, 2) instead of 1: where "
+        "‖scaled‖ = 0 every entry of scaled is 0, so l_hat is 0 either way "
+        "(and the penalty is masked by nonzero)",
+    "fairgrad_jax._methods.mean.x_mean_weighting__mutmut_2":
+        "k = gram.shape[1] instead of shape[0]: the Gram matrix is always "
+        "K×K (Weighting.__call__ refuses a non-square one; the aggregator "
+        "passes a K×K zero matrix when needs_gram is False)",
+    "fairgrad_jax._methods.scale_invariant.x_scale_invariant_weighting__mutmut_9":
+        "unless(ok, w, None, state) instead of unless(ok, w, state, state): "
+        "the weighting is stateless, its state is always init's None, so "
+        "None is returned either way",
+    "fairgrad_jax._solvers.simplex.x_project_simplex__mutmut_31":
+        "u - css/ind >= 0 instead of > 0: at an index j where u_j = "
+        "css_j/j, css_{j-1}/(j-1) = (css_j - u_j)/(j-1) = u_j as well, so θ "
+        "= css_ρ/ρ (and the projection) is the same whichever of j-1, j is "
+        "ρ",
+    "fairgrad_jax._methods.stch.x_stch_weighting__mutmut_74":
+        "l = where(ok, losses, 2) instead of 1 for bad losses: where not "
+        "ok, _loss.unless returns NaN weights and the old state, so the "
+        "placeholder never shows",
+    "fairgrad_jax._methods.trimmed_mean.x_trimmed_mean__mutmut_93":
+        "stable=True dropped from jnp.argsort: True is jnp.argsort's "
+        "default",
 }
 _NAMES = """
 import json, pathlib, sys
