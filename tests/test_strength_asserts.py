@@ -18,6 +18,8 @@ Each test here pins what a weaker assert elsewhere only gestures at:
 """
 
 import functools
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +29,11 @@ import optax
 import fairgrad_jax as fj
 import test_fairgrad_aggregator as agg_tests
 import test_representation as rep_tests
-import test_solver_hard  # noqa: F401  (puts benchmarks/ on sys.path)
-from benchmarks import _hard_set  # pylint: disable=g-import-not-at-top
+
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # `benchmarks` lives next to the package
+  sys.path.insert(0, _ROOT)
+from benchmarks import _hard_set  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _chain_run(steps):
