@@ -341,6 +341,44 @@ def _chunk_columns(k, dtype):
   return int(min(1 << 16, max(1024, 2 ** round(np.log2(entries / max(k, 1))))))
 
 
+def by_columns(fn, *xs, reduce=False):
+  """``fn`` over column chunks of (rows, cols) arrays, in a ``fori_loop``.
+
+  For the rare paths that need the gradients scaled (times a power of two
+  that cannot go onto the K weights): scaling a chunk at a time holds one
+  chunk rather than a K×P copy. XLA allocates a ``lax.cond`` branch's
+  buffers whether or not it runs, so a scaled copy in a rare branch costs
+  its memory on every step (a (40, 1M) float32 Jacobian: 160 MiB per copy;
+  issue 13). ``fn`` maps chunks of ``xs`` (same columns, cut alike) to an
+  array whose last axis is the chunk's columns, concatenated in order, or
+  with ``reduce`` to arrays of one shape, summed.
+  """
+  cols = xs[0].shape[-1]
+  chunk = _chunk_columns(sum(x.shape[0] for x in xs), xs[0].dtype)
+  n = cols // chunk
+  if n < 2:
+    return fn(*xs)
+
+  def piece(j):
+    return fn(*(jax.lax.dynamic_slice_in_dim(x, j * chunk, chunk, axis=-1)
+                for x in xs))
+
+  out = jax.eval_shape(piece, 0)
+  tail = [x[..., n * chunk:] for x in xs] if n * chunk < cols else None
+  if reduce:
+    total = jax.lax.fori_loop(0, n, lambda j, acc: acc + piece(j),
+                              jnp.zeros(out.shape, out.dtype))
+    return total if tail is None else total + fn(*tail)
+  full = jnp.zeros(out.shape[:-1] + (cols,), out.dtype)
+  full = jax.lax.fori_loop(
+      0, n, lambda j, acc: jax.lax.dynamic_update_slice_in_dim(
+          acc, piece(j), j * chunk, axis=-1), full)
+  if tail is not None:
+    full = jax.lax.dynamic_update_slice_in_dim(full, fn(*tail), n * chunk,
+                                               axis=-1)
+  return full
+
+
 # Up to this many rows, a chunk's Gram matrix on a CPU is its K(K+1)/2 row
 # dot products rather than one matrix product: XLA's product of two or three
 # very wide rows runs at a third of memory speed, its dot products at it
@@ -360,8 +398,12 @@ def _row_dots(x, dtype):
   return jnp.stack([jnp.stack(row) for row in rows])
 
 
-def product_and_max(a_leaves, b_leaves, dtype):
+def product_and_max(a_leaves, b_leaves, dtype, log2_scale_by=None):
   """(Σ_leaves A Bᵀ, max |entry| of A and B) for (k, ...) leaves, in one pass.
+
+  With ``log2_scale_by`` = e, each chunk (each leaf off the CPU) is
+  multiplied by 2^e (:func:`times_pow2`) just before its product: the
+  product of the scaled gradients without a scaled copy of them.
 
   The products are at ``Precision.HIGHEST``, accumulated in ``dtype``. On a
   CPU each leaf is cut into column chunks (a ``fori_loop``), each chunk
@@ -384,6 +426,9 @@ def product_and_max(a_leaves, b_leaves, dtype):
     row_dots = same and n >= 2 and x.shape[0] <= _CPU_ROW_DOTS_MAX_K
 
     def step(xc, yc, row_dots=row_dots):
+      if log2_scale_by is not None:
+        xc = times_pow2(xc.astype(dtype), log2_scale_by)
+        yc = xc if same else times_pow2(yc.astype(dtype), log2_scale_by)
       if row_dots:
         prod = _row_dots(xc, dtype)
       else:
@@ -453,8 +498,7 @@ def scaled_gram(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
     in_range = jnp.abs(log2_sigma) <= _DIRECT_RANGE  # e = 0 for zero or inf
 
     def scaled_chunked(e):
-      rescaled = [times_pow2(x.astype(dtype), -e) for x in leaves]
-      return product_and_max(rescaled, rescaled, dtype)[0]
+      return product_and_max(leaves, leaves, dtype, log2_scale_by=-e)[0]
 
     gram = jax.lax.cond(
         in_range, lambda e: times_pow2(plain, -2 * e), scaled_chunked,
@@ -538,8 +582,18 @@ def weighted_sums(weights: jax.Array, leaves, *, log2_in=None,
     return [jnp.tensordot(w.astype(z.dtype), z, axes=1, precision=_HIGHEST)
             for z in zs]
 
-  def scaled_inputs():
-    return ys if log2_in is None else [times_pow2(y, log2_in) for y in ys]
+  def scaled_in(z):
+    return z if log2_in is None else times_pow2(z, log2_in)
+
+  def by_column_chunks(fn):
+    # fn(weights, (K, c) chunk of the scaled input) -> (c,), on each block
+    # a chunk at a time (see by_columns: no K×P copy).
+    return [by_columns(lambda z: fn(weights.astype(z.dtype), scaled_in(z)),
+                       y.reshape(y.shape[0], -1)).reshape(y.shape[1:])
+            for y in ys]
+
+  def tensordot(w, z):
+    return jnp.tensordot(w, z, axes=1, precision=_HIGHEST)
 
   if log2_in is None:
     outs = products(weights, ys)
@@ -552,7 +606,7 @@ def weighted_sums(weights: jax.Array, leaves, *, log2_in=None,
     outs = jax.lax.cond(
         jnp.all(jnp.isfinite(folded)),
         lambda _: products(folded, ys),
-        lambda _: products(weights, scaled_inputs()), None)
+        lambda _: by_column_chunks(tensordot), None)
 
   def rescued(_):
     # Partial sums of entries near the top of the range overflow even when
@@ -560,13 +614,11 @@ def weighted_sums(weights: jax.Array, leaves, *, log2_in=None,
     # largest entry over the tasks (only in that rare case; non-finite input
     # stays non-finite). Exact powers of two: a block that did not overflow
     # gets the same sum, up to entries 2^-126 below its largest.
-    out = []
-    for z in scaled_inputs():
+    def one(w, z):
       s = _log2_of(jnp.max(jnp.abs(z), axis=0))
-      out.append(times_pow2(jnp.tensordot(weights.astype(z.dtype),
-                                          times_pow2(z, -s), axes=1,
-                                          precision=_HIGHEST), s))
-    return out
+      return times_pow2(tensordot(w, times_pow2(z, -s)), s)
+
+    return by_column_chunks(one)
 
   outs = jax.lax.cond(all_finite_leaves(outs), lambda _: outs, rescued, None)
   if log2_out is not None:
@@ -595,9 +647,12 @@ def task_products(leaves, v_leaves, log2_x, log2_v, dtype) -> jax.Array:
   v_leaves, _ = packed([v.astype(dtype)[None] for v in v_leaves])
 
   def scaled(_):
-    return sum(jnp.tensordot(
-        times_pow2(x, log2_x).reshape(x.shape[0], -1),
-        times_pow2(v[0], log2_v).reshape(-1), axes=1, precision=_HIGHEST)
+    # A chunk at a time (by_columns): no scaled copy of the gradients.
+    return sum(by_columns(
+        lambda xc, vc: jnp.tensordot(times_pow2(xc, log2_x),
+                                     times_pow2(vc[0], log2_v), axes=1,
+                                     precision=_HIGHEST),
+        x.reshape(x.shape[0], -1), v.reshape(1, -1), reduce=True)
                for x, v in zip(leaves, v_leaves))
 
   folded = [times_pow2(v[0], log2_x + log2_v) for v in v_leaves]

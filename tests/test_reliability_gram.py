@@ -121,6 +121,20 @@ def test_partial_sums_near_the_top_do_not_overflow(name):
     np.testing.assert_allclose(d, [3e38, 3.0], rtol=1e-6)
 
 
+def test_partial_sums_near_the_top_do_not_overflow_on_wide_gradients():
+  # The rescue of the test above, a column chunk at a time: columns near
+  # the top of float32 in the first and the last chunk and in the tail.
+  rng = np.random.default_rng(3)
+  g = rng.normal(size=(3, _WIDE_5)).astype(np.float32)
+  top = [0, 65536, 2 * 65536 + 100]
+  g[:, top] = np.array([[3e38], [3e38], [-2e38]], np.float32)
+  w = np.array([1.0, 0.5, 2.0], np.float32)
+  got = np.asarray(_weighted_sum_fn()(w, g, 0.0), np.float64)
+  expected = w.astype(np.float64) @ g.astype(np.float64)
+  assert np.all(np.isfinite(got))
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
 @functools.lru_cache(maxsize=None)
 def _weighted_sum_fn():
   return jax.jit(lambda w, x, t: _gram.weighted_sum(w, x, log2_in=t))
@@ -132,13 +146,19 @@ def _task_products_fn():
       [x], [v], tx, tv, jnp.float32))
 
 
+# Two column chunks of a 5-row rare path (_gram.by_columns) and a tail.
+_WIDE_5 = 2 * 65536 + 333
+
+
+@pytest.mark.parametrize("width", [3000, _WIDE_5])
 @pytest.mark.parametrize("t", [0.0, -3.0, 60.0, -120.0, 140.0])
-def test_weighted_sum_folds_the_power_of_two_without_changing_a_bit(t):
+def test_weighted_sum_folds_the_power_of_two_without_changing_a_bit(t, width):
   """2^t moves onto the weights where that is exact (a normal product):
   the sum is bitwise the sum of the scaled gradients; where it is not
-  (w_i 2^t overflows or turns subnormal), the gradients are scaled."""
+  (w_i 2^t overflows or turns subnormal), the gradients are scaled, a
+  column chunk at a time on wide gradients."""
   rng = np.random.default_rng(0)
-  x = (rng.normal(size=(5, 3000)) * 2.0 ** -t).astype(np.float32)
+  x = (rng.normal(size=(5, width)) * 2.0 ** -t).astype(np.float32)
   x[:, :7] = 0.0
   w = rng.uniform(0.1, 3.0, size=5).astype(np.float32)
   w[2] = 2.0 ** -20  # 2^-20 · 2^-120 is subnormal: no fold at t = -120
@@ -148,17 +168,18 @@ def test_weighted_sum_folds_the_power_of_two_without_changing_a_bit(t):
   np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
+@pytest.mark.parametrize("width", [2000, _WIDE_5])
 @pytest.mark.parametrize("tx, tv", [(0.0, 0.0), (-20.0, 3.0), (-124.0, 0.0),
                                     (100.0, 10.0), (-100.0, -40.0)])
-def test_task_products_match_float64_at_any_scale(tx, tv):
+def test_task_products_match_float64_at_any_scale(tx, tv, width):
   """The gradients' and the update's powers of two go onto the update where
   the folded update stays normal; the products are float32-accurate either
   way (2^tx x_i and 2^tv v are O(1): x near 2^126 at tx = -124, where the
   fold would leave the update subnormal; XLA's CPU flushes subnormal inputs
   to zero, so none is used)."""
   rng = np.random.default_rng(1)
-  x = (rng.normal(size=(4, 2000)) * 2.0 ** -tx).astype(np.float32)
-  v = (rng.normal(size=2000) * 2.0 ** -tv).astype(np.float32)
+  x = (rng.normal(size=(4, width)) * 2.0 ** -tx).astype(np.float32)
+  v = (rng.normal(size=width) * 2.0 ** -tv).astype(np.float32)
   got = np.asarray(_task_products_fn()(x, v, tx, tv), np.float64)
   xs = x.astype(np.float64) * 2.0 ** tx
   vs = v.astype(np.float64) * 2.0 ** tv
