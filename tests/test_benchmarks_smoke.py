@@ -107,7 +107,7 @@ def test_memory_and_time_problems(model):
         problem.encoder, problem.heads, weights_fn)(
             problem.params, problem.x, problem.y)
     own = fairgrad_jax.representation_grad(
-        problem.encoder, problem.task_head, weights_fn, num_tasks=k)(
+        problem.encoder, problem.task_head, weights_fn, task_heads=k)(
             problem.params, problem.x, problem.y)
   np.testing.assert_allclose(own.weights, every.weights, rtol=1e-4)
   # Batch-norm gradients cancel to round-off: tolerance relative to the leaf.

@@ -64,7 +64,7 @@ BUILDERS = {
     "representation_grad": lambda wfn: fairgrad_jax.representation_grad(
         encoder, heads, wfn),
     "representation_grad_per_task": lambda wfn:
-        fairgrad_jax.representation_grad(encoder, head, wfn, num_tasks=K),
+        fairgrad_jax.representation_grad(encoder, head, wfn, task_heads=K),
 }
 
 
