@@ -11,9 +11,9 @@ is compiled once and measured:
 * step time: median wall time over ``--repeats`` calls after two warm-ups.
 
 Rows: one-task gradient (the memory reference), linear scalarization (the
-time reference), stacked FairGrad (``jax.jacrev`` + the :func:`fairgrad`
-aggregator), Gram-only FairGrad (:func:`weighted_grad`, chunk_size 1 and 8)
-and representation-level FairGrad (:func:`representation_grad`, with the
+time reference), stacked FairGrad (``jax.jacrev`` or :func:`task_gradients`,
+the README's way, + the :func:`fairgrad` aggregator), Gram-only FairGrad
+(:func:`weighted_grad`, chunk_size 1 and 8) and representation-level FairGrad (:func:`representation_grad`, with the
 (K,)-valued heads function and with one head per task, ``task_heads=K``; the
 latter is the way to use it: each z-gradient runs its own head). FairGrad
 steps warm-start from the previous step's weights, as in training.
@@ -173,6 +173,11 @@ def make_steps(problem, k, alpha):
     jac = jax.jacrev(losses)(params, x, y)
     return agg.update(jac, state)
 
+  task_grads = fairgrad_jax.task_gradients(losses)
+
+  def stacked_task_gradients(params, x, y, state):
+    return agg.update(task_grads(params, x, y)[1], state)
+
   def gram_only_step(chunk_size):
     grad_fn = fairgrad_jax.weighted_grad(losses, weights_fn,
                                          chunk_size=chunk_size)
@@ -209,7 +214,9 @@ def make_steps(problem, k, alpha):
   return {
       "single-task gradient": (single_task, ones),
       "linear scalarization": (linear_scalarization, ones),
-      "stacked FairGrad": (stacked, agg.init(None)),
+      "stacked FairGrad (jax.jacrev)": (stacked, agg.init(None)),
+      "stacked FairGrad (task_gradients)": (stacked_task_gradients,
+                                            agg.init(None)),
       "representation FairGrad": (representation, ones),
       "representation FairGrad (per-task heads)": (representation_per_task,
                                                    ones),
