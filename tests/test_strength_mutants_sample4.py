@@ -248,3 +248,38 @@ def test_db_mtl_zero_gradient_gets_weight_zero():
   w, _ = weighting(jnp.diag(jnp.array([0.0, 16.0])), weighting.init(2),
                    losses=jnp.array([0.5, 1.0]))
   np.testing.assert_allclose(w, [0.0, 0.1], rtol=1e-5, atol=0.0)
+
+
+def test_moco_state_weights_keep_float32_under_x64():
+  """Kills moco.x_moco__mutmut_336 (state weights cast to dtype None:
+  float64 under x64, so the state's dtype changes on the first update and
+  a jitted training loop's carry no longer matches its input).
+
+  The new weights themselves: one step from λ = (1/2, 1/2), y = 0, with
+  orthogonal unit gradients and losses (1, 1): y = β ĝ = g / 2, Y Yᵀ = I / 4,
+  λ ← softmax(λ − γ λ / 4) = (1/2, 1/2).
+  """
+  with jax.enable_x64(True):
+    agg = fj.moco(num_tasks=2)
+    params = {"w": jnp.zeros(2, jnp.float32)}
+    state = agg.init(params)
+    grads = {"w": jnp.eye(2, dtype=jnp.float32)}
+    _, new_state = agg.update(grads, state, params,
+                              losses=jnp.ones(2, jnp.float32))
+  assert state.weights.dtype == jnp.float32
+  assert new_state.weights.dtype == jnp.float32
+  np.testing.assert_allclose(new_state.weights, [0.5, 0.5], rtol=1e-6)
+
+
+def test_excess_mtl_initial_state_is_float32_under_x64():
+  """Kills excess_mtl.x_excess_mtl__mutmut_66 (initial_excess of dtype
+  None: float64 under x64, while the first update writes float32 there, so
+  a jitted loop's carry changes dtype after one step)."""
+  with jax.enable_x64(True):
+    agg = fj.excess_mtl(num_tasks=3)
+    state = agg.init({"w": jnp.zeros(4, jnp.float32)})
+  extra = state.extra
+  assert extra.initial_excess.dtype == jnp.float32
+  assert extra.logits.dtype == jnp.float32
+  assert extra.log2_scale.dtype == jnp.float32
+  np.testing.assert_array_equal(extra.initial_excess, np.zeros(3))

@@ -142,6 +142,9 @@ CACHE_ENV = {
 # commit that added them; a change to a module renumbers its mutants).
 # They are left out of the score and listed apart.
 EQUIVALENT = {
+    "fairgrad_jax._methods.moco.x_moco__mutmut_255":
+        "einsum subscripts 'i...,j...->ij' -> 'I...,J...->IJ': the same"
+        " contraction under other letters",
     "fairgrad_jax._methods.pcgrad.x__projected_weights__mutmut_50":
         "diag[j] > 0 -> >= 0: where diag[j] = 0 the row gram[j] is 0 too,"
         " so the step min(dots, 0) / safe[j] is 0 either way",
