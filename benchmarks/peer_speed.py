@@ -30,8 +30,11 @@ and interquartile ranges over ``--repeats`` rounds:
 ``--tasks``), one fresh process per configuration: the process's peak RSS
 minus its RSS after setup (imports, model, data, optimizer state), JAX's
 compilation included (memory freed after a step stays resident, so a
-baseline taken after a warm-up step would hide the step), and, for JAX, XLA's
-own count of the compiled step's buffers.
+baseline taken after a warm-up step would hide the step); the steady
+state, the peak of as many more steps after ``malloc_trim`` has handed the
+freed memory back (XLA's compiler leaves some 200 MB of freed arenas
+resident, which later steps reuse unseen), both frameworks alike; and, for
+JAX, XLA's own count of the compiled step's buffers.
 
 Both frameworks get the same CPUs: ``--threads N`` pins the process to N
 CPUs (``os.sched_setaffinity``, which XLA's thread pool follows) and sets
