@@ -283,3 +283,26 @@ def test_excess_mtl_initial_state_is_float32_under_x64():
   assert extra.logits.dtype == jnp.float32
   assert extra.log2_scale.dtype == jnp.float32
   np.testing.assert_array_equal(extra.initial_excess, np.zeros(3))
+
+
+def test_wolfe_minor_cycle_stops_at_the_first_weight_that_hits_zero():
+  """Kills mgda.x__active_set__mutmut_187 (θ = 1 always: the minor cycle
+  clips the affine minimiser at 0 instead of stepping to the boundary).
+
+  g = (1, 0), (0, 1), (2, 2): the affine minimiser on all three tasks is
+  v = (2/3, 2/3, -1/3) (the origin: α1 + 2α3 = α2 + 2α3 = 0, Σα = 1). From
+  w = (0.6, 0.2, 0.2), Wolfe's minor cycle moves along v - w until the third
+  weight hits 0: θ = 0.2 / (0.2 + 1/3) = 3/8, w + θ(v - w) = (0.625,
+  0.375, 0). Clipping v would give (0.5, 0.5, 0), which is where the method
+  ends (the min-norm point of the segment g1 g2), one iteration later.
+  """
+  from fairgrad_jax._solvers import mgda  # pylint: disable=g-import-not-at-top
+  g = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+  a = jnp.asarray(g @ g.T, jnp.float32)
+  w0 = jnp.asarray([0.6, 0.2, 0.2], jnp.float32)
+  w1, it1, _ = mgda._active_set(a, w0, 1)  # pylint: disable=protected-access
+  assert int(it1) == 1
+  np.testing.assert_allclose(w1, [0.625, 0.375, 0.0], atol=1e-6)
+  w, _, converged = mgda._active_set(a, w0, 10)  # pylint: disable=protected-access
+  assert bool(converged)
+  np.testing.assert_allclose(w, [0.5, 0.5, 0.0], atol=1e-6)
