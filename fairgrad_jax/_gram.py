@@ -578,9 +578,11 @@ def weighted_sums(weights: jax.Array, leaves, *, log2_in=None,
   blocks, unpack = packed(leaves)
   ys = [x.astype(jnp.promote_types(x.dtype, jnp.float32)) for x in blocks]
 
+  def tensordot(w, z):
+    return jnp.tensordot(w, z, axes=1, precision=_HIGHEST)
+
   def products(w, zs):
-    return [jnp.tensordot(w.astype(z.dtype), z, axes=1, precision=_HIGHEST)
-            for z in zs]
+    return [tensordot(w.astype(z.dtype), z) for z in zs]
 
   def scaled_in(z):
     return z if log2_in is None else times_pow2(z, log2_in)
@@ -591,9 +593,6 @@ def weighted_sums(weights: jax.Array, leaves, *, log2_in=None,
     return [by_columns(lambda z: fn(weights.astype(z.dtype), scaled_in(z)),
                        y.reshape(y.shape[0], -1)).reshape(y.shape[1:])
             for y in ys]
-
-  def tensordot(w, z):
-    return jnp.tensordot(w, z, axes=1, precision=_HIGHEST)
 
   if log2_in is None:
     outs = products(weights, ys)
