@@ -13,9 +13,10 @@ is compiled once and measured:
 Rows: one-task gradient (the memory reference), linear scalarization (the
 time reference), stacked FairGrad (``jax.jacrev`` or :func:`task_gradients`,
 the README's way, + the :func:`fairgrad` aggregator), Gram-only FairGrad
-(:func:`weighted_grad`, chunk_size 1 and 8) and representation-level FairGrad (:func:`representation_grad`, with the
-(K,)-valued heads function and with one head per task, ``task_heads=K``; the
-latter is the way to use it: each z-gradient runs its own head). FairGrad
+(:func:`weighted_grad`, chunk_size 1 and 8) and representation-level
+FairGrad (:func:`representation_grad`, with the (K,)-valued heads function
+and with one head per task, ``task_heads=K``; the latter is the way to use
+it: each z-gradient runs its own head). FairGrad
 steps warm-start from the previous step's weights, as in training.
 
 ``--model cnn`` measures FAMO's CelebA CNN at half width instead (1.3M
@@ -169,14 +170,12 @@ def make_steps(problem, k, alpha):
   def linear_scalarization(params, x, y, carry):
     return jax.grad(lambda p: jnp.sum(losses(p, x, y)))(params), carry
 
-  def stacked(params, x, y, state):
-    jac = jax.jacrev(losses)(params, x, y)
-    return agg.update(jac, state)
+  def stacked(grads_fn):
+    def step(params, x, y, state):
+      return agg.update(grads_fn(params, x, y), state)
+    return step
 
   task_grads = fairgrad_jax.task_gradients(losses)
-
-  def stacked_task_gradients(params, x, y, state):
-    return agg.update(task_grads(params, x, y)[1], state)
 
   def gram_only_step(chunk_size):
     grad_fn = fairgrad_jax.weighted_grad(losses, weights_fn,
@@ -214,9 +213,10 @@ def make_steps(problem, k, alpha):
   return {
       "single-task gradient": (single_task, ones),
       "linear scalarization": (linear_scalarization, ones),
-      "stacked FairGrad (jax.jacrev)": (stacked, agg.init(None)),
-      "stacked FairGrad (task_gradients)": (stacked_task_gradients,
-                                            agg.init(None)),
+      "stacked FairGrad (jax.jacrev)": (stacked(jax.jacrev(losses)),
+                                        agg.init(None)),
+      "stacked FairGrad (task_gradients)": (
+          stacked(lambda *args: task_grads(*args)[1]), agg.init(None)),
       "representation FairGrad": (representation, ones),
       "representation FairGrad (per-task heads)": (representation_per_task,
                                                    ones),
