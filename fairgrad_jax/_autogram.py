@@ -341,14 +341,21 @@ def gram_solve(weights_fn, gram_of, losses, k, *, init, state):
     w_scaled = jax.lax.stop_gradient(w_scaled)
 
     def check(d_leaves, gd_of):
-      # As the aggregator: on u = d / 2^s and the σ-free gradients (G u / σ).
-      d_norm, s = _aggregator.norm_and_log2(d_leaves, dtype)
-      u = [_gram.times_pow2(x.astype(dtype), -s) for x in d_leaves]
-      gd = _gram.times_pow2(jnp.asarray(gd_of(u)).astype(dtype), -e)
-      return weighting.zero_at_stationary & _aggregator.conflicts(
-          gram, w_scaled, gd, d_norm, e * weighting.degree - s,
-          sum(x.size for x in d_leaves),
-          unconverged=_aggregator.unconverged(new_state))
+      num_entries = sum(x.size for x in d_leaves)
+
+      def exact():
+        # As the aggregator: on u = d / 2^s and the σ-free gradients
+        # (G u / σ); the JVP only where the Gram matrix cannot rule a
+        # conflict out.
+        d_norm, s = _aggregator.norm_and_log2(d_leaves, dtype)
+        u = [_gram.times_pow2(x.astype(dtype), -s) for x in d_leaves]
+        gd = _gram.times_pow2(jnp.asarray(gd_of(u)).astype(dtype), -e)
+        return _aggregator.conflicts(
+            gram, w_scaled, gd, d_norm, e * weighting.degree - s,
+            num_entries, unconverged=_aggregator.unconverged(new_state))
+
+      return weighting.zero_at_stationary & _aggregator.conflicts_unless_clear(
+          gram, w_scaled, num_entries, exact)
   return jax.lax.stop_gradient(weights), new_state, check
 
 
