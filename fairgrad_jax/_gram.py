@@ -325,6 +325,7 @@ def packed(leaves, dtype=None):
 # columns, ~1 MiB of float32, so a chunk stays in cache while it is
 # multiplied and its max |entry| taken) runs at it.
 _CPU_CHUNK_ENTRIES = 1 << 18
+_CPU_CHUNKS_PER_STEP = 4
 
 
 def chunked_products() -> bool:
@@ -440,18 +441,31 @@ def product_and_max(a_leaves, b_leaves, dtype, log2_scale_by=None):
       return prod, m
 
     if n >= 2:
-      def body(j, carry, x=x, y=y, chunk=chunk):
-        xc = jax.lax.dynamic_slice_in_dim(x, j * chunk, chunk, axis=1)
-        yc = xc if same else jax.lax.dynamic_slice_in_dim(
-            y, j * chunk, chunk, axis=1)
-        prod, m = step(xc, yc)
-        return carry[0] + prod, jnp.maximum(carry[1], m)
+      # Each iteration takes `per_step` chunks, one per quarter of the
+      # columns: independent products, which XLA's CPU runtime runs side
+      # by side on its threads (one product of a short, wide chunk uses
+      # one; K = 40, P = 1M on 2 cores: 45 -> 37 ms).
+      per_step = min(_CPU_CHUNKS_PER_STEP, n)
+      steps = n // per_step
+
+      def body(j, carry, x=x, y=y, chunk=chunk, steps=steps,
+               per_step=per_step):
+        prod, m = carry
+        for part in range(per_step):
+          start = (part * steps + j) * chunk
+          xc = jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=1)
+          yc = xc if same else jax.lax.dynamic_slice_in_dim(
+              y, start, chunk, axis=1)
+          p, mc = step(xc, yc)
+          prod, m = prod + p, jnp.maximum(m, mc)
+        return prod, m
 
       init = (jnp.zeros((x.shape[0], y.shape[0]), dtype),
               jnp.zeros((), dtype))
-      prod, m = jax.lax.fori_loop(0, n, body, init)
-      if n * chunk < cols:  # the tail
-        tail = step(x[:, n * chunk:], y[:, n * chunk:])
+      prod, m = jax.lax.fori_loop(0, steps, body, init)
+      done = steps * per_step * chunk
+      if done < cols:  # the tail
+        tail = step(x[:, done:], y[:, done:])
         prod, m = prod + tail[0], jnp.maximum(m, tail[1])
     else:
       prod, m = step(x, y)

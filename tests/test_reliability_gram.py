@@ -189,6 +189,9 @@ def test_task_products_match_float64_at_any_scale(tx, tv, width):
 
 
 _WIDE = 2 * 65536 + 333  # two CPU chunks of a K <= 6 Gram product, and a tail
+# Nine chunks (K <= 6; 18 for K = 7): several loop steps of four chunks each
+# and a tail of whole chunks.
+_WIDER = 9 * 65536 + 333
 
 
 @functools.lru_cache(maxsize=None)
@@ -196,9 +199,10 @@ def _gram_fn():
   return jax.jit(fairgrad_jax.gram_matrix)
 
 
+@pytest.mark.parametrize("width", [_WIDE, _WIDER])
 @pytest.mark.parametrize("k", [2, 3, 6, 7])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_wide_gram_matrix_matches_float64(k, dtype):
+def test_wide_gram_matrix_matches_float64(k, dtype, width):
   """Issue 13: on a CPU, leaves wider than two column chunks with K <= 6
   rows are multiplied as row dot products (K = 7 as one product); either
   way every entry is within float32 round-off (1e-5 relative to the norms,
@@ -206,7 +210,7 @@ def test_wide_gram_matrix_matches_float64(k, dtype):
   Gram matrix of the same (rounded) gradients, whose norms span three
   decades, also at a scale (2^-60) that takes the power-of-two rescaling."""
   rng = np.random.default_rng(k)
-  wide = rng.normal(size=(k, _WIDE)) * np.logspace(0, 3, k)[:, None]
+  wide = rng.normal(size=(k, width)) * np.logspace(0, 3, k)[:, None]
   wide[1] = -0.5 * wide[0] + wide[1] * 1e-2  # conflicting, nearly dependent
   small = rng.normal(size=(k, 7, 3))
   for scale in (1.0, 2.0 ** -60):
