@@ -425,6 +425,14 @@ def product_and_max(a_leaves, b_leaves, dtype, log2_scale_by=None):
     chunk = _chunk_columns(x.shape[0] + (0 if same else y.shape[0]), x.dtype)
     n = cols // chunk if chunked_products() else 0
     row_dots = same and n >= 2 and x.shape[0] <= _CPU_ROW_DOTS_MAX_K
+    if n >= 2:
+      # A whole number of loop steps of `per_step` chunks, each chunk near
+      # the cache-sized one and a multiple of 128 columns: the tail left
+      # (under 128 columns per chunk) is small, as its copy and product
+      # are (P = 1M, K = 2: 576 columns rather than three chunks).
+      per_step = min(_CPU_CHUNKS_PER_STEP, n)
+      n = per_step * max(1, round(cols / (chunk * per_step)))
+      chunk = cols // n // 128 * 128
 
     def step(xc, yc, row_dots=row_dots):
       if log2_scale_by is not None:
@@ -445,7 +453,6 @@ def product_and_max(a_leaves, b_leaves, dtype, log2_scale_by=None):
       # columns: independent products, which XLA's CPU runtime runs side
       # by side on its threads (one product of a short, wide chunk uses
       # one; K = 40, P = 1M on 2 cores: 45 -> 37 ms).
-      per_step = min(_CPU_CHUNKS_PER_STEP, n)
       steps = n // per_step
 
       def body(j, carry, x=x, y=y, chunk=chunk, steps=steps,
