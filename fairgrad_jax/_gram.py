@@ -388,15 +388,16 @@ def by_columns(fn, *xs, reduce=False):
 _CPU_ROW_DOTS_MAX_K = 6
 
 
-def _row_dots(x, dtype):
-  """x xᵀ as the dot products of the rows of x, each computed once."""
-  k = x.shape[0]
-  rows = [[None] * k for _ in range(k)]
+def _row_dots(rows, dtype):
+  """x xᵀ as the dot products of the rows of x (a list of vectors), each
+  computed once."""
+  k = len(rows)
+  out = [[None] * k for _ in range(k)]
   for i in range(k):
     for j in range(i, k):
-      rows[i][j] = rows[j][i] = jnp.dot(
-          x[i], x[j], precision=_HIGHEST, preferred_element_type=dtype)
-  return jnp.stack([jnp.stack(row) for row in rows])
+      out[i][j] = out[j][i] = jnp.dot(
+          rows[i], rows[j], precision=_HIGHEST, preferred_element_type=dtype)
+  return jnp.stack([jnp.stack(row) for row in out])
 
 
 def product_and_max(a_leaves, b_leaves, dtype, log2_scale_by=None):
@@ -435,14 +436,19 @@ def product_and_max(a_leaves, b_leaves, dtype, log2_scale_by=None):
       chunk = cols // n // 128 * 128
 
     def step(xc, yc, row_dots=row_dots):
+      # xc: a (rows, columns) chunk, or with row_dots its rows, each sliced
+      # from the gradients on its own (one copy of a contiguous segment;
+      # a chunk sliced first, then its rows, was two copies).
+      if row_dots:
+        if log2_scale_by is not None:
+          xc = [times_pow2(r.astype(dtype), log2_scale_by) for r in xc]
+        m = jnp.max(jnp.stack([jnp.max(jnp.abs(r)) for r in xc])).astype(dtype)
+        return _row_dots(xc, dtype), m
       if log2_scale_by is not None:
         xc = times_pow2(xc.astype(dtype), log2_scale_by)
         yc = xc if same else times_pow2(yc.astype(dtype), log2_scale_by)
-      if row_dots:
-        prod = _row_dots(xc, dtype)
-      else:
-        prod = jnp.dot(xc, yc.T, precision=_HIGHEST,
-                       preferred_element_type=dtype)
+      prod = jnp.dot(xc, yc.T, precision=_HIGHEST,
+                     preferred_element_type=dtype)
       m = jnp.max(jnp.abs(xc)).astype(dtype)
       if not same:
         m = jnp.maximum(m, jnp.max(jnp.abs(yc)).astype(dtype))
@@ -460,6 +466,12 @@ def product_and_max(a_leaves, b_leaves, dtype, log2_scale_by=None):
         prod, m = carry
         for part in range(per_step):
           start = (part * steps + j) * chunk
+          if row_dots:
+            xc = [jax.lax.dynamic_slice(x, (r, start), (1, chunk))[0]
+                  for r in range(x.shape[0])]
+            p, mc = step(xc, None)
+            prod, m = prod + p, jnp.maximum(m, mc)
+            continue
           xc = jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=1)
           yc = xc if same else jax.lax.dynamic_slice_in_dim(
               y, start, chunk, axis=1)
@@ -472,7 +484,8 @@ def product_and_max(a_leaves, b_leaves, dtype, log2_scale_by=None):
       prod, m = jax.lax.fori_loop(0, steps, body, init)
       done = steps * per_step * chunk
       if done < cols:  # the tail
-        tail = step(x[:, done:], y[:, done:])
+        tail = step(list(x[:, done:]) if row_dots else x[:, done:],
+                    y[:, done:])
         prod, m = prod + tail[0], jnp.maximum(m, tail[1])
     else:
       prod, m = step(x, y)
