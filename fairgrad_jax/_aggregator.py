@@ -525,24 +525,33 @@ def aggregator(
 
     # d = σ^p Σ w̃_i (g_i / σ), multiplied in this order, in float32, with
     # exact powers of two (σ runs from 2^-149 to 2^128 in float32), so that
-    # no factor overflows or flushes to zero when d itself is finite.
-    shared_out = [
-        x.astype(gram.dtype) for x in _gram.weighted_sums(
-            w_scaled, blocks, log2_in=-e, log2_out=e * weighting.degree,
-            factor=k if scale_by_num_tasks else None)]
+    # no factor overflows or flushes to zero when d itself is finite. The
+    # sum d̃ = Σ w̃_i (g_i / σ) first: the σ-free gradients' entries are at
+    # most 2^(1/2) (σ is the power of two nearest the largest; finite where
+    # the Gram matrix is), which bounds every partial sum. (Without a Gram
+    # matrix, σ = 1: no bound.)
+    bound = (jnp.where(jnp.all(jnp.isfinite(gram)), 2.0, jnp.nan)
+             if weighting.needs_gram else None)
+    sums = _gram.weighted_sums(w_scaled, blocks, log2_in=-e, bound=bound,
+                               cast=False)
+
+    def scaled(xs):
+      xs = [_gram.times_pow2(x, e * weighting.degree) for x in xs]
+      return [x * k for x in xs] if scale_by_num_tasks else xs
+
+    # The scaling, the stationarity rule's zero and the consumer's own
+    # arithmetic (e.g. Adam's) fuse into one pass over d.
+    shared_out = scaled(sums)
     if stationarity_rule(weighting):
       num_entries = sum(x[0].size for x in blocks)
 
       def exact():
-        # On u = d / 2^s (entries O(1)) and the σ-free gradients; d̃ = d /
-        # (2^(e p) factor) = u · 2^(s - e p) / factor.
-        d_norm, s = norm_and_log2(shared_out, gram.dtype)
-        gd = _gram.task_products(blocks, shared_out, -e, -s, gram.dtype)
-        log2_factor = float(np.log2(k)) if scale_by_num_tasks else 0.0
-        return conflicts(
-            gram, w_scaled, gd, d_norm,
-            e * weighting.degree + log2_factor - s, num_entries,
-            unconverged=unconverged(new_state))
+        # On u = d̃ / 2^s (entries O(1)) and the σ-free gradients; d is d̃
+        # times a positive number, 2^(e p) factor, which changes no sign.
+        d_norm, s = norm_and_log2(sums, gram.dtype)
+        gd = _gram.task_products(blocks, sums, -e, -s, gram.dtype)
+        return conflicts(gram, w_scaled, gd, d_norm, -s, num_entries,
+                         unconverged=unconverged(new_state))
 
       zero = weighting.zero_at_stationary & conflicts_unless_clear(
           gram, w_scaled, num_entries, exact)

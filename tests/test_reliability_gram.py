@@ -305,3 +305,75 @@ def test_the_update_graph_does_not_grow_a_branch_per_leaf():
   assert counts["linear_scalarization", 4] == counts[
       "linear_scalarization", 40], counts
   assert counts["linear_scalarization", 4] <= 2, counts
+
+
+@pytest.mark.parametrize("width", [7, 3000, _WIDE_5])
+@pytest.mark.parametrize("t", [0.0, -3.0, 60.0])
+def test_weighted_sum_with_a_bound_gives_the_careful_sums_bitwise(t, width):
+  """``bound`` (the aggregator's: σ-free entries are at most 2^(1/2)) skips
+  the finiteness pass and the rescue branch; where it applies the sums are
+  the very products of the careful path."""
+  rng = np.random.default_rng(int(t) + width)
+  x = jnp.asarray(rng.uniform(-1.4, 1.4, (4, width)) * 2.0 ** -t, "float32")
+  w = jnp.asarray(rng.normal(size=4) * 10.0, "float32")
+  fn = jax.jit(lambda w, x, b: _gram.weighted_sums(w, [x], log2_in=t,
+                                                   bound=b)[0])
+  careful = np.asarray(fn(w, x, None))
+  np.testing.assert_array_equal(np.asarray(fn(w, x, 2.0)), careful)
+  # A bound that rules nothing in (non-finite gradients) or whose partial
+  # sums could overflow takes the careful path: the same sums.
+  np.testing.assert_array_equal(np.asarray(fn(w, x, jnp.nan)), careful)
+  np.testing.assert_array_equal(np.asarray(fn(w, x, 1e38)), careful)
+
+
+def test_weighted_sum_with_a_bound_still_rescues_overflowing_partial_sums():
+  # Entries near the top (within a bound of 3e38): 3e38 + 3e38 overflows a
+  # partial sum although the sum, 3e38, is finite. The bound times Σ|w|
+  # rules the fast path out; the rescue runs, as without a bound.
+  x = jnp.asarray([[3e38, 1.0], [3e38, 1.0], [-3e38, 1.0]], "float32")
+  fn = jax.jit(lambda x, b: _gram.weighted_sums(jnp.ones(3), [x],
+                                                bound=b)[0])
+  got = np.asarray(fn(x, 3e38))
+  np.testing.assert_allclose(got, [3e38, 3.0], rtol=1e-6)
+  np.testing.assert_array_equal(got, np.asarray(fn(x, None)))
+
+
+def _counting_finiteness_checks(monkeypatch):
+  calls = []
+  check = _gram.all_finite_leaves
+
+  def counting(leaves):
+    jax.debug.callback(lambda: calls.append(1))
+    return check(leaves)
+
+  monkeypatch.setattr(_gram, "all_finite_leaves", counting)
+  return calls
+
+
+def test_fairgrad_update_makes_no_finiteness_pass_over_the_sum(monkeypatch):
+  """Issue 13: the stacked FairGrad update sums the σ-free gradients, whose
+  entries are bounded, so it checks the sum for overflow only where its
+  bound cannot rule an overflow out (non-finite gradients); the update is
+  the careful path's, bit for bit."""
+  calls = _counting_finiteness_checks(monkeypatch)
+  rng = np.random.default_rng(8)
+  g = {"w": jnp.asarray(rng.normal(size=(3, 50)) + 1.0, "float32")}
+  agg = fairgrad_jax.fairgrad(2.0)
+  d = jax.jit(agg.update)(g, agg.init(None))[0]["w"]
+  jax.block_until_ready(d)
+  jax.effects_barrier()
+  assert not calls
+  bad = {"w": g["w"].at[0, 0].set(jnp.inf)}
+  d_bad = jax.jit(agg.update)(bad, agg.init(None))[0]["w"]
+  jax.block_until_ready(d_bad)
+  jax.effects_barrier()
+  assert len(calls) == 1  # the careful path, for non-finite gradients
+  assert not np.all(np.isfinite(np.asarray(d_bad)))
+  # Without the bound (the careful path throughout): the same update.
+  weighted_sums = _gram.weighted_sums
+  monkeypatch.setattr(_gram, "weighted_sums", lambda *a, bound=None, **kw:
+                      weighted_sums(*a, **kw))
+  agg = fairgrad_jax.fairgrad(2.0)
+  np.testing.assert_array_equal(
+      np.asarray(jax.jit(agg.update)(g, agg.init(None))[0]["w"]),
+      np.asarray(d))
