@@ -461,21 +461,18 @@ def product_and_max(a_leaves, b_leaves, dtype, log2_scale_by=None):
       # one; K = 40, P = 1M on 2 cores: 45 -> 37 ms).
       steps = n // per_step
 
-      def body(j, carry, x=x, y=y, chunk=chunk, steps=steps,
-               per_step=per_step):
+      def chunk_at(start, x=x, y=y, chunk=chunk, row_dots=row_dots):
+        if row_dots:
+          return [jax.lax.dynamic_slice(x, (r, start), (1, chunk))[0]
+                  for r in range(x.shape[0])], None
+        xc = jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=1)
+        return xc, xc if same else jax.lax.dynamic_slice_in_dim(
+            y, start, chunk, axis=1)
+
+      def body(j, carry, chunk=chunk, steps=steps, per_step=per_step):
         prod, m = carry
         for part in range(per_step):
-          start = (part * steps + j) * chunk
-          if row_dots:
-            xc = [jax.lax.dynamic_slice(x, (r, start), (1, chunk))[0]
-                  for r in range(x.shape[0])]
-            p, mc = step(xc, None)
-            prod, m = prod + p, jnp.maximum(m, mc)
-            continue
-          xc = jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=1)
-          yc = xc if same else jax.lax.dynamic_slice_in_dim(
-              y, start, chunk, axis=1)
-          p, mc = step(xc, yc)
+          p, mc = step(*chunk_at((part * steps + j) * chunk))
           prod, m = prod + p, jnp.maximum(m, mc)
         return prod, m
 
