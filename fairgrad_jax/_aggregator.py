@@ -535,13 +535,10 @@ def aggregator(
     sums = _gram.weighted_sums(w_scaled, blocks, log2_in=-e, bound=bound,
                                cast=False)
 
-    def scaled(xs):
-      xs = [_gram.times_pow2(x, e * weighting.degree) for x in xs]
-      return [x * k for x in xs] if scale_by_num_tasks else xs
-
     # The scaling, the stationarity rule's zero and the consumer's own
     # arithmetic (e.g. Adam's) fuse into one pass over d.
-    shared_out = scaled(sums)
+    shared_out = _gram.scaled_out(sums, e * weighting.degree,
+                                  k if scale_by_num_tasks else None)
     if stationarity_rule(weighting):
       num_entries = sum(x[0].size for x in blocks)
 

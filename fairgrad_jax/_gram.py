@@ -677,12 +677,18 @@ def weighted_sums(weights: jax.Array, leaves, *, log2_in=None,
     safe = (jnp.all(jnp.isfinite(folded)) & jnp.isfinite(total)
             & (total <= jnp.finfo(acc_dtype).max / 4))
     outs = jax.lax.cond(safe, lambda: products(folded, ys), careful)
-  if log2_out is not None:
-    outs = [times_pow2(o, log2_out) for o in outs]
-  if factor is not None:
-    outs = [o * factor for o in outs]
+  outs = scaled_out(outs, log2_out, factor)
   return [o if not cast else o.astype(x.dtype)
           for o, x in zip(unpack(outs), leaves)]
+
+
+def scaled_out(xs, log2_out=None, factor=None) -> list[jax.Array]:
+  """``2^log2_out · factor · x`` for each x (exact power of two first)."""
+  if log2_out is not None:
+    xs = [times_pow2(x, log2_out) for x in xs]
+  if factor is not None:
+    xs = [x * factor for x in xs]
+  return xs
 
 
 def all_finite_leaves(leaves) -> jax.Array:
