@@ -88,3 +88,19 @@ def random_grads(key, k, dtype=jnp.float32):
   ka, kb = jax.random.split(key)
   return {"a": jax.random.normal(ka, (k, 4), dtype),
           "b": jax.random.normal(kb, (k, 2, 3), dtype)}
+
+
+def count_runs(monkeypatch, module, name):
+  """Counts, at run time, the executions of ``module.name`` inside jitted
+  code (a ``jax.debug.callback`` per call; a call in an untaken
+  ``lax.cond`` branch does not count). Returns the list the runs append to;
+  read it after ``jax.effects_barrier()``."""
+  calls = []
+  fn = getattr(module, name)
+
+  def counting(*args, **kwargs):
+    jax.debug.callback(lambda: calls.append(1))
+    return fn(*args, **kwargs)
+
+  monkeypatch.setattr(module, name, counting)
+  return calls

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _asserts
 import fairgrad_jax
 from fairgrad_jax import _gram
 
@@ -338,24 +339,12 @@ def test_weighted_sum_with_a_bound_still_rescues_overflowing_partial_sums():
   np.testing.assert_array_equal(got, np.asarray(fn(x, None)))
 
 
-def _counting_finiteness_checks(monkeypatch):
-  calls = []
-  check = _gram.all_finite_leaves
-
-  def counting(leaves):
-    jax.debug.callback(lambda: calls.append(1))
-    return check(leaves)
-
-  monkeypatch.setattr(_gram, "all_finite_leaves", counting)
-  return calls
-
-
 def test_fairgrad_update_makes_no_finiteness_pass_over_the_sum(monkeypatch):
   """Issue 13: the stacked FairGrad update sums the σ-free gradients, whose
   entries are bounded, so it checks the sum for overflow only where its
   bound cannot rule an overflow out (non-finite gradients); the update is
   the careful path's, bit for bit."""
-  calls = _counting_finiteness_checks(monkeypatch)
+  calls = _asserts.count_runs(monkeypatch, _gram, "all_finite_leaves")
   rng = np.random.default_rng(8)
   g = {"w": jnp.asarray(rng.normal(size=(3, 50)) + 1.0, "float32")}
   agg = fairgrad_jax.fairgrad(2.0)

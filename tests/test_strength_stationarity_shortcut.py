@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _asserts
 import fairgrad_jax as fj
 from fairgrad_jax import _aggregator
 from fairgrad_jax import _gram
@@ -48,14 +49,18 @@ def _rule_and_shortcut(alpha):
   return jax.jit(both)
 
 
+def _stationary(k, n, rng, rank=2):
+  """A (k, n) Jacobian of rank <= ``rank`` with w > 0, wᵀG = 0."""
+  g = rng.standard_normal((k, rank)) @ rng.standard_normal((rank, n))
+  w = rng.uniform(0.2, 1.0, k)
+  return g - np.outer(w, w @ g) / (w @ w)
+
+
 def _jacobian(kind, k, n, rng):
   if kind == "random":
     return rng.standard_normal((k, n))
-  if kind == "stationary":  # rank r, w > 0 with wᵀG = 0
-    r = int(rng.integers(1, min(k, n) + 1))
-    g = rng.standard_normal((k, r)) @ rng.standard_normal((r, n))
-    w = rng.uniform(0.1, 1.0, k)
-    return g - np.outer(w, w @ g) / (w @ w)
+  if kind == "stationary":
+    return _stationary(k, n, rng, rank=int(rng.integers(1, min(k, n) + 1)))
   if kind == "near_stationary":  # two nearly opposite tasks, small others
     base = rng.standard_normal((1, n))
     g = np.concatenate([base, -rng.uniform(0.5, 2.0) * base,
@@ -90,19 +95,6 @@ def test_shortcut_is_false_for_non_finite_input():
       jnp.eye(2), jnp.array([1.0, jnp.inf]), 10))
 
 
-def _counting_rule(monkeypatch):
-  """Counts, at run time, the calls of the rule on the computed d."""
-  calls = []
-  rule = _aggregator.conflicts
-
-  def counting(*args, **kwargs):
-    jax.debug.callback(lambda: calls.append(1))
-    return rule(*args, **kwargs)
-
-  monkeypatch.setattr(_aggregator, "conflicts", counting)
-  return calls
-
-
 def _half_space(k, n, seed):
   """Gradients with a common positive direction: no conflict at the root."""
   rng = np.random.default_rng(seed)
@@ -111,22 +103,16 @@ def _half_space(k, n, seed):
   return jnp.asarray(g, jnp.float32)
 
 
-def _stationary(k, n, seed):
-  rng = np.random.default_rng(seed)
-  g = rng.standard_normal((k, 2)) @ rng.standard_normal((2, n))
-  w = rng.uniform(0.2, 1.0, k)
-  return jnp.asarray(g - np.outer(w, w @ g) / (w @ w), jnp.float32)
-
-
 def test_stacked_update_skips_the_products_only_where_clear(monkeypatch):
-  calls = _counting_rule(monkeypatch)
+  calls = _asserts.count_runs(monkeypatch, _aggregator, "conflicts")
   agg = fj.fairgrad(2.0)
   update = jax.jit(agg.update)
   d, _ = update({"w": _half_space(4, 50, 0)}, agg.init(None))
   jax.block_until_ready(d)
   jax.effects_barrier()
   assert not calls  # clear from the Gram matrix: no pass over the gradients
-  d, _ = update({"w": _stationary(4, 50, 1)}, agg.init(None))
+  stationary = _stationary(4, 50, np.random.default_rng(1))
+  d, _ = update({"w": jnp.asarray(stationary, jnp.float32)}, agg.init(None))
   jax.block_until_ready(d)
   jax.effects_barrier()
   assert len(calls) == 1  # near stationarity the rule runs, and zeroes d
@@ -135,11 +121,12 @@ def test_stacked_update_skips_the_products_only_where_clear(monkeypatch):
 
 @pytest.mark.parametrize("mode", ["jvp", "vjp"])
 def test_gram_only_update_skips_the_jvp_only_where_clear(monkeypatch, mode):
-  calls = _counting_rule(monkeypatch)
+  calls = _asserts.count_runs(monkeypatch, _aggregator, "conflicts")
   weighting = fj.fairgrad_weighting(alpha=2.0)
   params = {"w": jnp.zeros(50)}
+  stationary = _stationary(4, 50, np.random.default_rng(3))
   for jac, expect_calls in ((_half_space(4, 50, 2), 0),
-                            (_stationary(4, 50, 3), 1)):
+                            (jnp.asarray(stationary, jnp.float32), 1)):
     losses = lambda p, jac=jac: jac @ p["w"]
     grad_fn = fj.weighted_grad(losses, weighting, mode=mode)
     out, _ = jax.jit(lambda p, s, f=grad_fn: f(p, state=s))(
