@@ -200,5 +200,5 @@ def test_benchmark_hard_table_runs():
   for row in rows:
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == 12
-    median, worst = (int(v) for v in cells[2].split(" / "))
+    median, worst = (float(v) for v in cells[2].split(" / "))
     assert 0 <= median <= worst <= 30
