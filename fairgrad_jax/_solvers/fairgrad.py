@@ -245,6 +245,11 @@ def _terms(x, prob):
   return _Terms(rel, g_hat, norm, hess, lq, lr, lh, ly, cq > 0)
 
 
+def _gradient(tm):
+  """∇f in units of e^(2 norm) (g_hat is ∇f / √h in units of e^norm)."""
+  return tm.g_hat * jnp.exp(0.5 * tm.lh - tm.norm)
+
+
 def _factor(tm):
   """The Cholesky factor of the unit-diagonal Newton matrix in ``tm``."""
   k = tm.g_hat.shape[0]
@@ -279,8 +284,7 @@ def _chord_step(chol, tm, tm_new):
   top = jnp.max(shift)
   y = jax.scipy.linalg.cho_solve(chol, -tm_new.g_hat * jnp.exp(shift - top))
   step = y * jnp.exp(tm_new.norm + top - 0.5 * tm.lh)
-  grad = tm_new.g_hat * jnp.exp(0.5 * tm_new.lh - tm_new.norm)
-  return step, jnp.dot(grad, step)
+  return step, jnp.dot(_gradient(tm_new), step)
 
 
 def _log_newton_step(tm, prob):
@@ -310,8 +314,7 @@ def _log_newton_step(tm, prob):
           + jnp.diag(jnp.exp(lrho - log_alpha - lh)))
   step, _ = _newton_step(tm._replace(g_hat=g_hat, norm=norm, hess=hess,
                                      lh=lh))
-  grad = tm.g_hat * jnp.exp(0.5 * tm.lh - tm.norm)
-  return step, jnp.dot(grad, step)
+  return step, jnp.dot(_gradient(tm), step)
 
 
 def _weight_path(u, alpha):
@@ -340,7 +343,7 @@ def _merit_change(step, ts, prob, tm, weight_path=False):
   :func:`_weight_path`).
   """
   p = 1.0 - 1.0 / prob.alpha
-  grad = tm.g_hat * jnp.exp(0.5 * tm.lh - tm.norm)
+  grad = _gradient(tm)
   r = jnp.exp(tm.lr - 2.0 * tm.norm)
   q = jnp.exp(tm.lq - tm.norm)
   safe_p = jnp.where(p == 0.0, 1.0, p)
