@@ -591,8 +591,9 @@ def _polish(weights, x, gram, prob, active, alpha):
   lg_max = jnp.max(jnp.where(active, lg, -jnp.inf))
   scale = jnp.exp(lg - lg_max)
   step_est = jnp.asarray(jnp.inf, weights.dtype)
+  chol = _factor(tm)  # the steps share the Newton matrix at x
   for _ in range(_POLISH_STEPS):
-    step, _ = _newton_step(tm._replace(g_hat=rel * scale, norm=lg_max))
+    step, _ = _newton_step(tm._replace(g_hat=rel * scale, norm=lg_max), chol)
     step = jnp.where(active, step, 0.0)
     step_est = jnp.where(jnp.all(jnp.isfinite(step)), worst(step), jnp.inf)
     polished = weights * jnp.exp(step)
