@@ -183,14 +183,24 @@ def float64_root(gram, alpha, with_scipy=True):
   return (best if best_res <= ROOT_TOL else None), float(best_res)
 
 
+def _gram(kind, k, decades, seed):
+  g = gradients(kind, k, decades, seed=seed)
+  gram = g @ g.T
+  return (gram / np.max(np.diag(gram))).astype(np.float32).astype(np.float64)
+
+
+def full_set_gram(kind, k, decades):
+  """The Gram matrix of one case of the full set (``hard_cases()``)."""
+  n = list(itertools.product(KINDS, KS, DECADES)).index((kind, k, decades))
+  return _gram(kind, k, decades, n)
+
+
 def hard_cases(ks=KS, alphas=ALPHAS, kinds=KINDS, decades=DECADES, seed=0,
                with_scipy=True):
   """Every (kind, K, α, decades) case, with its float64 root."""
   out = []
   for n, (kind, k, dec) in enumerate(itertools.product(kinds, ks, decades)):
-    g = gradients(kind, k, dec, seed=seed + n)
-    gram = g @ g.T
-    gram = (gram / np.max(np.diag(gram))).astype(np.float32).astype(np.float64)
+    gram = _gram(kind, k, dec, seed + n)
     for alpha in alphas:
       root, res = float64_root(gram, alpha, with_scipy)
       out.append(HardCase(kind, k, alpha, dec, gram, root, res))

@@ -46,7 +46,7 @@ def _batched(grams, alpha, init=None):
 
 # One compiled solve per α (an eager call retraces the loop every time: the
 # warm-start sequence below took 5 minutes that way).
-_solve = jax.jit(fj.fairgrad_solve, static_argnames=("alpha",))
+_solve = jax.jit(fj.fairgrad_solve, static_argnames=("alpha", "maxiter"))
 
 
 def _padded(cases):
@@ -122,6 +122,34 @@ def test_hard_set_converged_flag_means_weights_at_the_root(alpha):
     w = np.asarray(sols.weights[n], np.float64)[:c.k]
     rel_max.append(np.max(np.abs((c.gram @ w) * w ** (1 / alpha) - 1.0)))
   assert max(rel_max) > 1e-5, rel_max
+
+
+def test_converged_flag_at_the_float32_floor():
+  """converged is True for weights at the root whose correction is noise.
+
+  Conflicting tasks, K = 64, norms over seven decades, α = 5: float32's
+  answer is 7e-6 from the float64 root, but (GᵀG w)_i cancels so much
+  that rounding the weights to float32 alone leaves residuals up to 0.5,
+  and the last Newton correction computed from them (1.25e-5) is just over
+  tol = 1e-5: the flag used to say False. Every residual is within its
+  round-off floor (what rounding each weight to float32 can move GᵀG w by),
+  so the answer is as close as float32 can certify. A solve stopped early on
+  the same matrix must still say False.
+  """
+  gram = _hard_set.full_set_gram("conflicting", 64, 7)
+  root, res = _hard_set.float64_root(gram, 5.0, with_scipy=False)
+  assert root is not None, res
+  a32 = jnp.asarray(gram, jnp.float32)
+  sol = _solve(a32, alpha=5.0)
+  w = np.asarray(sol.weights, np.float64)
+  assert np.max(np.abs(w / root - 1.0)) <= 1e-4
+  rel = (gram @ w) * w ** (1 / 5.0) - 1.0
+  assert np.max(np.abs(rel)) > 1e-2  # no residual clause made it converge
+  assert bool(sol.converged)
+  for maxiter in (2, 5):
+    early = _solve(a32, alpha=5.0, maxiter=maxiter)
+    assert not bool(early.converged), maxiter
+    assert np.max(np.abs(np.asarray(early.weights) / root - 1.0)) > 1e-3
 
 
 def test_warm_start_on_a_drifting_sequence():

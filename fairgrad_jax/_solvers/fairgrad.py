@@ -123,6 +123,9 @@ _PROGRESS = 0.5
 # they change no weight by more than about 1% (see _polish).
 _POLISH_MAX_STEP = 1e-2
 _POLISH_STEPS = 2
+# At the residual's round-off floor, converged allows a last Newton
+# correction of up to this many times tol (see _solve_weights).
+_FLOOR_STEPS = 10.0
 # Chord corrections (see _chord_step) follow full steps of at most this size.
 _CHORD_RANGE = 1.0
 
@@ -138,7 +141,10 @@ class FairGradSolution(NamedTuple):
       non-zero gradient, for the Gram matrix given (without regularization).
     converged: True when, on the equation as given, every task's relative
       residual is at most ``tol`` or the last Newton correction changes no
-      weight by more than ``tol`` relatively; False when the solve stopped
+      weight by more than ``tol`` relatively, or when every residual is
+      within ``tol`` of what rounding the weights to the dtype leaves
+      (conflicting tasks: GᵀG w cancels) and that correction is at most
+      10 ``tol``; False when the solve stopped
       at ``maxiter`` or stalled at round-off short of that, when the root
       lies outside the dtype's range (weights clipped), near rank
       deficiency (the regularized root is returned), or when the Gram
@@ -566,7 +572,8 @@ def _polish(weights, x, gram, prob, active, alpha):
   ‖w^(-1/α)‖ over the active tasks, the largest per-task one, and the
   largest relative correction of the last Newton step computed (an
   estimate of the weights' remaining relative error; inf if the accurate
-  residual could not be formed).
+  residual could not be formed), and the largest excess of a task's
+  relative residual over its round-off floor (inf likewise).
   """
   def relative(w):
     target = jnp.where(active, jnp.where(active, w, 1.0) ** (-1.0 / alpha),
@@ -577,13 +584,20 @@ def _polish(weights, x, gram, prob, active, alpha):
     gs = _common.power_of_two(jnp.max(jnp.abs(gram)))
     ws = _common.power_of_two(jnp.max(w))
     aw = _common.accurate_matvec(gram / gs, w / ws)
-    return jnp.where(active, aw * (gs * ws) / target - 1.0, 0.0), target
+    # The residual's floor: rounding each weight to the dtype (a relative
+    # error of eps/2) moves (GᵀG w)_i by up to eps/2 Σ_j |GᵀG_ij| w_j, which
+    # conflicting tasks' cancellation makes large against w_i^(-1/α). Twice
+    # that bound, relative to the target, per task.
+    floor = eps * ((jnp.abs(gram) / gs) @ (w / ws)) * (gs * ws) / target
+    return (jnp.where(active, aw * (gs * ws) / target - 1.0, 0.0), target,
+            jnp.where(active, floor, 0.0))
 
   def worst(rel):
     return jnp.max(jnp.abs(rel))
 
+  eps = jnp.finfo(weights.dtype).eps
   tm = _terms(x, prob)
-  rel, target = relative(weights)
+  rel, target, floor = relative(weights)
   usable = jnp.all(jnp.isfinite(rel))
   rel = jnp.where(usable, rel, jnp.where(active, tm.rel, 0.0))
   # In the Newton system the residual enters as ∇f_i/√h_i = rel_i r_i/√h_i.
@@ -597,7 +611,7 @@ def _polish(weights, x, gram, prob, active, alpha):
     step = jnp.where(active, step, 0.0)
     step_est = jnp.where(jnp.all(jnp.isfinite(step)), worst(step), jnp.inf)
     polished = weights * jnp.exp(step)
-    rel_polished, target_polished = relative(polished)
+    rel_polished, target_polished, floor_polished = relative(polished)
     ok = (usable & jnp.all(jnp.isfinite(step))
           & jnp.all(jnp.isfinite(rel_polished))
           & (worst(step) <= _POLISH_MAX_STEP)
@@ -605,6 +619,8 @@ def _polish(weights, x, gram, prob, active, alpha):
     weights = jnp.where(ok, polished, weights)
     rel = jnp.where(ok, rel_polished, rel)
     target = jnp.where(ok, target_polished, target)
+    floor = jnp.where(ok, floor_polished, floor)
+  above_floor = jnp.max(jnp.abs(rel) - floor)
   # ‖rel ⊙ t‖ / ‖t‖ with t = w^(-1/α) scaled to max 1 (no overflow).
   log_w = jnp.where(active, jnp.log(jnp.where(active, weights, 1.0)), 0.0)
   lt = jnp.where(active, -log_w / alpha, -jnp.inf)
@@ -613,7 +629,8 @@ def _polish(weights, x, gram, prob, active, alpha):
   big = jnp.maximum(jnp.max(jnp.abs(v)), jnp.finfo(v.dtype).tiny)
   residual = big * jnp.linalg.norm(v / big) / jnp.linalg.norm(t)
   return (weights, jnp.where(jnp.any(active), residual, 0.0), worst(rel),
-          jnp.where(usable, step_est, jnp.inf))
+          jnp.where(usable, step_est, jnp.inf),
+          jnp.where(usable & jnp.isfinite(above_floor), above_floor, jnp.inf))
 
 
 def fairgrad_solve(
@@ -798,12 +815,19 @@ def _solve_weights(gram, alpha, init, maxiter, tol, regularization):
   weights = jnp.where(active, jnp.exp(jnp.clip(log_w, low, high)), 0.0)
   in_range = jnp.all(jnp.where(active, (log_w >= low) & (log_w <= high),
                                True))
-  weights, rel_norm, rel_max, step_est = _polish(
+  weights, rel_norm, rel_max, step_est, above_floor = _polish(
       weights, x, jnp.where(active[:, None] & active[None, :], gram, 0.0),
       _problem(gram, alpha, 0.0, active)[0], active, alpha)
   # Converged: the residual meets tol, or the last Newton correction (from
   # the accurate residual) changes no weight by more than tol relatively.
-  converged = ((rel_max <= tol) | (step_est <= tol)) & in_range
+  # Or: every task's residual is within tol of its floor (what rounding
+  # the weights to the dtype alone can leave, see _polish), so no weights of
+  # this dtype do measurably better, and the last Newton correction, which
+  # that round-off then dominates, is at most _FLOOR_STEPS · tol (a
+  # regularized root near rank deficiency, whose unregularized correction
+  # is over _POLISH_MAX_STEP, stays unconverged).
+  at_floor = (above_floor <= tol) & (step_est <= _FLOOR_STEPS * tol)
+  converged = ((rel_max <= tol) | (step_est <= tol) | at_floor) & in_range
 
   nan = jnp.asarray(jnp.nan, dtype)
   return jnp.where(finite, weights, nan), (
