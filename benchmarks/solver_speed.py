@@ -193,18 +193,23 @@ def warm_start_table(steps, calls):
 
 
 def hard_table(ks, calls, solve_fn=None, with_scipy=True, scipy_max_k=64,
-               echo=False):
+               echo=False, per_case=False):
   """The hard set: convergence, accuracy and speed per (K, α).
 
-  ``solve_fn(gram, alpha, init)`` -> (weights, iterations) replaces the
-  package's solve (to measure another version of it on the same cases).
+  ``solve_fn(gram, alpha, init)`` -> (weights, iterations[, converged])
+  replaces the package's solve (to measure another version of it on the
+  same cases). With ``per_case``, a second table follows: one row per case
+  (cold and warm iterations, converged, weight error).
   """
   if solve_fn is None:
     @functools.partial(jax.jit, static_argnums=1)
     def solve_fn(gram, alpha, init):
       sol = fj.fairgrad_solve(gram, alpha, init=init)
-      return sol.weights, sol.num_iterations
+      return sol.weights, sol.num_iterations, sol.converged
   cases = _hard_set.hard_cases(ks=ks, with_scipy=False)
+  case_lines = [
+      "| case | cold iters | converged | weight err | warm iters |",
+      "|---|---|---|---|---|"]
   lines = [
       "| K | α | iters median / max | resid max | f32 floor max | "
       "weight err max | not representable | scipy (ms) | jax cold (ms) | "
@@ -219,12 +224,15 @@ def hard_table(ks, calls, solve_fn=None, with_scipy=True, scipy_max_k=64,
         a32 = jnp.asarray(c.gram, jnp.float32)
         cold = jnp.zeros((k,), jnp.float32)  # no usable init: cold start
         jax.block_until_ready(solve_fn(a32, alpha, cold))
-        t, (w, it) = steady(solve_fn, a32, alpha, cold, calls=calls)
+        t, (w, it, *conv) = steady(solve_fn, a32, alpha, cold, calls=calls)
         t_cold.append(t)
         iters.append(int(it))
         w = np.asarray(w, np.float64)
         res.append(rel_residual(c.gram, w, alpha) if np.all(w > 0)
                    else np.inf)
+        case = [c.name, str(int(it)), str(bool(conv[0])) if conv else "-",
+                "no certified root" if c.root is None
+                else "not representable", "-"]
         if c.root is None or np.log10(c.root.max() / c.root.min()) > 36:
           unrep += 1
         else:
@@ -233,9 +241,11 @@ def hard_table(ks, calls, solve_fn=None, with_scipy=True, scipy_max_k=64,
                                     alpha))
           init = jnp.asarray(c.root * np.exp(0.01 * np.sin(np.arange(k))),
                              jnp.float32)
-          t, (_, it) = steady(solve_fn, a32, alpha, init, calls=calls)
+          t, (_, it, *_) = steady(solve_fn, a32, alpha, init, calls=calls)
           t_warm.append(t)
           warm_iters.append(int(it))
+          case[3:] = [f"{errs[-1]:.1e}", str(int(it))]
+        case_lines.append("| " + " | ".join(case) + " |")
         if with_scipy and k <= scipy_max_k:
           t_sp.append(timed(scipy_weights, c.gram, alpha)[0])
       med = statistics.median
@@ -250,6 +260,10 @@ def hard_table(ks, calls, solve_fn=None, with_scipy=True, scipy_max_k=64,
           f"{sp / tw:.0f}× |")
       if echo:
         print(lines[-1] if len(lines) > 3 else "\n".join(lines), flush=True)
+  if per_case:
+    lines += [""] + case_lines
+    if echo:
+      print("\n" + "\n".join(case_lines), flush=True)
   return "\n".join(lines)
 
 
@@ -276,6 +290,9 @@ def main():
                       "20-60 s per K = 64 case on a 2-core CPU)")
   parser.add_argument("--hard-only", action="store_true",
                       help="run the hard set alone")
+  parser.add_argument("--hard-cases", action="store_true",
+                      help="also print the hard set case by case (cold and "
+                      "warm iterations, converged, weight error)")
   parser.add_argument("--out", type=pathlib.Path, default=None,
                       help="folder for solver_speed.md")
   args = parser.parse_args()
@@ -291,7 +308,8 @@ def main():
   if args.hard or args.hard_only:
     print(f"\nHard set (load average {os.getloadavg()[0]:.1f}):", flush=True)
     table3 = hard_table(tuple(args.hard_ks), args.calls,
-                        scipy_max_k=args.hard_scipy_max_k, echo=True)
+                        scipy_max_k=args.hard_scipy_max_k, echo=True,
+                        per_case=args.hard_cases)
     print("Columns: Newton iterations cold; worst float64-evaluated relative "
           "residual; its floor (the float64 root rounded to float32); worst "
           "max_i |w_i/w*_i - 1| over representable cases; cases whose weights "

@@ -222,11 +222,26 @@ def test_no_nan_from_finite_psd_input():
 def test_benchmark_hard_table_runs():
   """`python -m benchmarks.solver_speed --hard` on its smallest slice."""
   from benchmarks import solver_speed  # pylint: disable=g-import-not-at-top
-  table = solver_speed.hard_table((2,), calls=1)
+  table = solver_speed.hard_table((2,), calls=1, per_case=True)
   rows = [line for line in table.splitlines()[2:] if line.startswith("| 2 ")]
   assert len(rows) == len(_hard_set.ALPHAS)
+  worst_of = {}
   for row in rows:
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == 12
     median, worst = (float(v) for v in cells[2].split(" / "))
     assert 0 <= median <= worst <= 30
+    worst_of[float(cells[1])] = worst
+  # The per-case table: one row per case, its iterations the summary's.
+  cases = [line.strip("|").split("|") for line in table.splitlines()
+           if " K=2 " in line]
+  assert len(cases) == len(_hard_set.KINDS) * len(_hard_set.DECADES) * len(
+      _hard_set.ALPHAS)
+  for alpha, worst in worst_of.items():
+    cold = [int(c[1]) for c in cases if f" α={alpha:g} " in c[0]]
+    assert len(cold) == len(_hard_set.KINDS) * len(_hard_set.DECADES)
+    assert max(cold) == worst, (alpha, cold)
+  for c in cases:
+    assert c[2].strip() in ("True", "False")
+    if c[3].strip() not in ("not representable", "no certified root"):
+      assert float(c[3]) <= 1e-4 and 0 <= int(c[4]) <= 30, c
