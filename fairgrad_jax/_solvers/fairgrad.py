@@ -589,7 +589,7 @@ def _polish(weights, x, gram, prob, active, alpha):
     # conflicting tasks' cancellation makes large against w_i^(-1/α). Twice
     # that bound, relative to the target, per task.
     floor = eps * ((jnp.abs(gram) / gs) @ (w / ws)) * (gs * ws) / target
-    return (jnp.where(active, aw * (gs * ws) / target - 1.0, 0.0), target,
+    return (jnp.where(active, aw * (gs * ws) / target - 1.0, 0.0),
             jnp.where(active, floor, 0.0))
 
   def worst(rel):
@@ -597,7 +597,7 @@ def _polish(weights, x, gram, prob, active, alpha):
 
   eps = jnp.finfo(weights.dtype).eps
   tm = _terms(x, prob)
-  rel, target, floor = relative(weights)
+  rel, floor = relative(weights)
   usable = jnp.all(jnp.isfinite(rel))
   rel = jnp.where(usable, rel, jnp.where(active, tm.rel, 0.0))
   # In the Newton system the residual enters as ∇f_i/√h_i = rel_i r_i/√h_i.
@@ -611,14 +611,13 @@ def _polish(weights, x, gram, prob, active, alpha):
     step = jnp.where(active, step, 0.0)
     step_est = jnp.where(jnp.all(jnp.isfinite(step)), worst(step), jnp.inf)
     polished = weights * jnp.exp(step)
-    rel_polished, target_polished, floor_polished = relative(polished)
+    rel_polished, floor_polished = relative(polished)
     ok = (usable & jnp.all(jnp.isfinite(step))
           & jnp.all(jnp.isfinite(rel_polished))
           & (worst(step) <= _POLISH_MAX_STEP)
           & (worst(rel_polished) < worst(rel)))
     weights = jnp.where(ok, polished, weights)
     rel = jnp.where(ok, rel_polished, rel)
-    target = jnp.where(ok, target_polished, target)
     floor = jnp.where(ok, floor_polished, floor)
   above_floor = jnp.max(jnp.abs(rel) - floor)
   # ‖rel ⊙ t‖ / ‖t‖ with t = w^(-1/α) scaled to max 1 (no overflow).
