@@ -332,13 +332,14 @@ def test_nash_mtl_weights_starts_from_init():
   """``init=`` is where the solve starts: from the root itself one Newton
   step keeps it, while the cold start needs more than one on these
   conflicting gradients (mutation testing found init= dropped unnoticed).
-  (Two tasks against one, norms over three decades: since the solve's chord
-  correction one cold iteration reaches the root of the milder 3-task
-  problem this test used before.)"""
+  (Ten tasks in two opposed groups, norms over seven decades: since each
+  iteration's second Newton step, one cold iteration reaches the root of the
+  3-task problem this test used before, as the chord correction had done
+  for the milder one before that.)"""
   rng = np.random.default_rng(0)
-  g = (np.array([1.0, -1.0, 1.0])[:, None] * rng.normal(size=6)
-       + 0.3 * rng.normal(size=(3, 6)))
-  g = (g * np.logspace(0, -3, 3)[:, None]).astype(np.float32)
+  signs = np.where(np.arange(10) % 2 == 0, 1.0, -1.0)
+  g = signs[:, None] * rng.normal(size=20) + 0.3 * rng.normal(size=(10, 20))
+  g = (g * np.logspace(0, -7, 10)[:, None]).astype(np.float32)
   gram = jnp.asarray(g @ g.T)
   root = fairgrad_jax.nash_mtl_weights(gram)
   warm = fairgrad_jax.nash_mtl_weights(gram, init=root, maxiter=1)
