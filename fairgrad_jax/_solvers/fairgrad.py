@@ -429,8 +429,7 @@ def _solve(x0, prob, active, maxiter, tol):
       move = _weight_path(t * step, prob.alpha) if weight_path else t * step
       return (move, t, jnp.where(jnp.any(ok), change[first], jnp.inf), ok)
 
-    chol = _factor(tm)
-    newton = _newton_step(tm, chol)
+    newton = _newton_step(tm)
     # Three candidates, each with its own backtracking search; the one that
     # lowers f most is taken (every one is an Armijo step on f, so the
     # iteration stays globally convergent): Newton's step on f in
@@ -484,9 +483,9 @@ def _solve(x0, prob, active, maxiter, tol):
     # θ · moved bounds what is left of a linearly contracting sequence.
     # When this iteration and the last both added a second step (at least
     # third order: the next correction is at most about moved³ / last³ ·
-    # moved), θ³ · moved. last = 0: the previous step was not a full one, θ counts
-    # as 1 (a full step below tol is itself the distance to the root, to
-    # first order).
+    # moved), θ³ · moved. last = 0: the previous step was not a full one,
+    # θ counts as 1 (a full step below tol is itself the distance to the
+    # root, to first order).
     full = finite & (t == 1.0)
     theta = jnp.minimum(1.0, moved / last)
     order = jnp.where(take & prev_take, theta, 1.0)
@@ -561,29 +560,26 @@ def _polish(weights, x, gram, prob, active, alpha):
   residual could not be formed), and the largest excess of a task's
   relative residual over its round-off floor (inf likewise).
   """
-  def relative(w):
+  def scaled(w):
+    """w^(-1/α), and powers of two that bring GᵀG and w to O(1)."""
     target = jnp.where(active, jnp.where(active, w, 1.0) ** (-1.0 / alpha),
                        1.0)
+    return (target, _common.power_of_two(jnp.max(jnp.abs(gram))),
+            _common.power_of_two(jnp.max(w)))
+
+  def relative(w):
+    target, gs, ws = scaled(w)
     # Powers of two bring both factors to O(1) first: Dekker's splitting
     # leaves low parts 2^-12 below an entry, which the CPU flushes to zero
     # (and the product loses them) once they fall below float's normal range.
-    gs = _common.power_of_two(jnp.max(jnp.abs(gram)))
-    ws = _common.power_of_two(jnp.max(w))
     aw = _common.accurate_matvec(gram / gs, w / ws)
-    # The residual's floor: rounding each weight to the dtype (a relative
-    # error of eps/2) moves (GᵀG w)_i by up to eps/2 Σ_j |GᵀG_ij| w_j, which
-    # conflicting tasks' cancellation makes large against w_i^(-1/α). Twice
-    # that bound, relative to the target, per task.
-    floor = eps * ((jnp.abs(gram) / gs) @ (w / ws)) * (gs * ws) / target
-    return (jnp.where(active, aw * (gs * ws) / target - 1.0, 0.0),
-            jnp.where(active, floor, 0.0))
+    return jnp.where(active, aw * (gs * ws) / target - 1.0, 0.0)
 
   def worst(rel):
     return jnp.max(jnp.abs(rel))
 
-  eps = jnp.finfo(weights.dtype).eps
   tm = _terms(x, prob)
-  rel, floor = relative(weights)
+  rel = relative(weights)
   usable = jnp.all(jnp.isfinite(rel))
   rel = jnp.where(usable, rel, jnp.where(active, tm.rel, 0.0))
   # In the Newton system the residual enters as ∇f_i/√h_i = rel_i r_i/√h_i.
@@ -597,15 +593,22 @@ def _polish(weights, x, gram, prob, active, alpha):
     step = jnp.where(active, step, 0.0)
     step_est = jnp.where(jnp.all(jnp.isfinite(step)), worst(step), jnp.inf)
     polished = weights * jnp.exp(step)
-    rel_polished, floor_polished = relative(polished)
+    rel_polished = relative(polished)
     ok = (usable & jnp.all(jnp.isfinite(step))
           & jnp.all(jnp.isfinite(rel_polished))
           & (worst(step) <= _POLISH_MAX_STEP)
           & (worst(rel_polished) < worst(rel)))
     weights = jnp.where(ok, polished, weights)
     rel = jnp.where(ok, rel_polished, rel)
-    floor = jnp.where(ok, floor_polished, floor)
-  above_floor = jnp.max(jnp.abs(rel) - floor)
+  # The residual's floor: rounding each weight to the dtype (a relative
+  # error of eps/2) moves (GᵀG w)_i by up to eps/2 Σ_j |GᵀG_ij| w_j, which
+  # conflicting tasks' cancellation makes large against w_i^(-1/α). Twice
+  # that bound, relative to the target, per task.
+  target, gs, ws = scaled(weights)
+  floor = (jnp.finfo(weights.dtype).eps * ((jnp.abs(gram) / gs)
+                                           @ (weights / ws)) * (gs * ws)
+           / target)
+  above_floor = jnp.max(jnp.where(active, jnp.abs(rel) - floor, -jnp.inf))
   # ‖rel ⊙ t‖ / ‖t‖ with t = w^(-1/α) scaled to max 1 (no overflow).
   log_w = jnp.where(active, jnp.log(jnp.where(active, weights, 1.0)), 0.0)
   lt = jnp.where(active, -log_w / alpha, -jnp.inf)
