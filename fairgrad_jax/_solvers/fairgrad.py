@@ -35,17 +35,21 @@ How the solve works (all inside ``jit``, one ``lax.while_loop``):
   backtracking search on f applies unchanged. With conflicting tasks, whose
   left-hand sides start negative (no logarithm), it takes about one to four
   iterations off the damped phase (issue 11's hard set at α >= 2).
-* After a full Newton step of at most four units in log-weights, each
-  iteration adds a second Newton step from the new point (its own
-  factorization), kept when it passes Armijo's test at unit length and is
-  at most half the first: fourth-order convergence near the root for one
-  more factorization and gradient evaluation per iteration, and no second
-  line search or loop predicate. On issue 11's hard set it takes one
-  iteration off most cold solves (K = 64, α = 5: median 6 → 5) at the same
-  CPU time or less; warm-started from weights 1% off the root, every case
-  takes at most two iterations. (A chord correction with the first step's
-  factor, Shamanskii's method, did this before; on ill-conditioned
-  conflicting tasks it contracted little.)
+* After a full Newton step (unit step length), each iteration adds a
+  second Newton step from the new point (its own factorization), kept when
+  it passes Armijo's test at unit length and is no longer than the first:
+  two damped Newton steps per trip of the loop (fourth-order convergence
+  near the root) for one more factorization and gradient evaluation, and
+  no second line search or loop predicate (on an accelerator each trip
+  costs a host round trip). The two steps' contraction also estimates the
+  error left at the point returned, so the loop stops there rather than
+  spend a trip confirming it. On issue 11's hard set every (K, α) takes a
+  median of at most 5 iterations cold (K = 64, α = 10: 7 → 5 since the
+  second step followed only steps of up to 4 log-units, half the first's
+  size at most) at the same CPU time or less; warm-started from weights 1%
+  off the root, every case takes one or two. (A chord correction with the
+  first step's factor, Shamanskii's method, did this before; on
+  ill-conditioned conflicting tasks it contracted little.)
 * Newton's iterates do not depend on a diagonal rescaling of w, so the
   weights are written w_i = a_i^(-α/(1+α)) e^(x_i) (a_i = ‖g_i‖², the
   orthogonal-gradient closed form, which is also the cold start x = 0) only
@@ -130,8 +134,8 @@ _POLISH_STEPS = 2
 # correction of up to this many times tol (see _solve_weights).
 _FLOOR_STEPS = 10.0
 # The second Newton step of an iteration follows full steps of at most this
-# size (in log-weights).
-_SECOND_STEP_RANGE = 4.0
+# size (in log-weights): any full Newton step (see _MAX_STEP).
+_SECOND_STEP_RANGE = 30.0
 
 
 class FairGradSolution(NamedTuple):
@@ -402,11 +406,11 @@ def _solve(x0, prob, active, maxiter, tol):
     return jnp.max(jnp.where(active, jnp.abs(rel), 0.0))
 
   def cond(carry):
-    _, it, err, _, _, since, stalled, _, _ = carry
+    _, it, err, _, _, since, stalled, _ = carry
     return (it < maxiter) & (err > tol) & ~stalled & (since < _PATIENCE)
 
   def body(carry):
-    x, it, _, best_x, best_err, since, _, last, prev_take = carry
+    x, it, _, best_x, best_err, since, _, last = carry
     tm = _terms(x, prob)
 
     def search(step, slope, weight_path=False):
@@ -449,8 +453,9 @@ def _solve(x0, prob, active, maxiter, tol):
     x_new = jnp.where(finite, x_new, x)
     # After a full step moving no log-weight by more than
     # _SECOND_STEP_RANGE, a second Newton step from the new point, kept when
-    # it is at most half the first and passes Armijo's test on f at unit
-    # length.
+    # it is no longer than the first and passes Armijo's test on f at unit
+    # length (two damped Newton steps for one trip of the loop, which on an
+    # accelerator costs a host round trip for its predicate).
     step_size = jnp.max(jnp.abs(move))
 
     def second(x_new):
@@ -459,15 +464,16 @@ def _solve(x0, prob, active, maxiter, tol):
       step = jnp.where(active, step, 0.0)
       change = _merit_change(step, ts[:1], prob, tm_new)[0]
       take = (_sufficient_decrease(change, 1.0, slope)
-              & (jnp.max(jnp.abs(step)) <= 0.5 * step_size)
+              & (jnp.max(jnp.abs(step)) <= step_size)
               & jnp.all(jnp.isfinite(step)))
       x_second = jnp.clip(x_new + jnp.where(take, step, 0.0), -_X_BOUND,
                           _X_BOUND)
-      return x_second, take
+      return x_second, take, jnp.max(jnp.abs(step))
 
-    x_new, take = jax.lax.cond(
+    x_new, take, second_size = jax.lax.cond(
         (t == 1.0) & finite & (step_size <= _SECOND_STEP_RANGE), second,
-        lambda x_new: (x_new, jnp.zeros((), jnp.bool_)), x_new)
+        lambda x_new: (x_new, jnp.zeros((), jnp.bool_), jnp.zeros((), dtype)),
+        x_new)
     moved = jnp.max(jnp.abs(x_new - x))
     # Stop when no step length decreases f, or when the step no longer moves
     # any weight by more than a fraction of tol (Newton's step is then the
@@ -476,21 +482,26 @@ def _solve(x0, prob, active, maxiter, tol):
     # Done once the weights' remaining error is below tol, whatever the
     # residual's round-off (a task whose (GᵀG w)_i cancels has a residual
     # that float weights cannot bring below eps times the cancellation
-    # factor). Two full steps in a row contracting by θ = moved / last:
-    # in Newton's quadratic phase (θ <= _QUADRATIC) the next correction is
-    # about (ω/2) moved² with ω ≈ 2 moved / last² (Deuflhard's estimate of
-    # the affine-invariant Lipschitz constant), that is θ² · moved; otherwise
-    # θ · moved bounds what is left of a linearly contracting sequence.
-    # When this iteration and the last both added a second step (at least
-    # third order: the next correction is at most about moved³ / last³ ·
-    # moved), θ³ · moved. last = 0: the previous step was not a full one,
-    # θ counts as 1 (a full step below tol is itself the distance to the
+    # factor). From two full Newton steps s then s' with contraction
+    # θ = |s'| / |s|: in Newton's quadratic phase (θ <= _QUADRATIC) the next
+    # correction is about (ω/2) |s'|² with ω ≈ 2 |s'| / |s|² (Deuflhard's
+    # estimate of the affine-invariant Lipschitz constant), that is θ² |s'|;
+    # otherwise θ |s'| bounds what is left of a linearly contracting
+    # sequence. With a second step this iteration, s and s' are its two
+    # steps (the second taken from where the first ended, so the estimate is
+    # for the point returned); otherwise s' is this iteration's move and s
+    # the last one's. last = 0: the previous step was not a full one, θ
+    # counts as 1 (a full step below tol is itself the distance to the
     # root, to first order).
     full = finite & (t == 1.0)
-    theta = jnp.minimum(1.0, moved / last)
-    order = jnp.where(take & prev_take, theta, 1.0)
-    remaining = moved * jnp.where(theta <= _QUADRATIC, theta * theta * order,
-                                  theta)
+
+    def remaining_error(step, previous):
+      theta = jnp.minimum(1.0, step / previous)
+      return step * jnp.where(theta <= _QUADRATIC, theta * theta, theta)
+
+    remaining = jnp.where(
+        take, remaining_error(second_size, jnp.maximum(step_size, 1e-30)),
+        remaining_error(moved, last))
     settled = full & (remaining <= tol)
     err = worst(_terms(x_new, prob).rel)
     # In Newton's quadratic phase a full step cuts the residual many-fold;
@@ -502,15 +513,14 @@ def _solve(x0, prob, active, maxiter, tol):
             jnp.where((err < best_err) | settled, x_new, best_x),
             jnp.where(settled, 0.0, jnp.minimum(err, best_err)),
             jnp.where(better | (t < 1.0) | (moved > _LOCAL), 0, since + 1),
-            stalled, jnp.where(full, moved, 0.0), take)
+            stalled, jnp.where(full, moved, 0.0))
 
   x0 = _rescale(x0, prob, active)
   err0 = worst(_terms(x0, prob).rel)
   carry = (x0, jnp.zeros((), jnp.int32), err0, x0, err0,
            jnp.zeros((), jnp.int32), jnp.zeros((), jnp.bool_),
-           jnp.zeros((), dtype),  # last full step: none yet
-           jnp.zeros((), jnp.bool_))
-  _, it, _, best_x, _, _, _, _, _ = jax.lax.while_loop(cond, body, carry)
+           jnp.zeros((), dtype))  # last full step: none yet
+  _, it, _, best_x, _, _, _, _ = jax.lax.while_loop(cond, body, carry)
   return best_x, it
 
 
@@ -648,8 +658,8 @@ def fairgrad_solve(
     init: optional (K,) starting weights (e.g. the previous step's); entries
       that are not positive and finite fall back to the default start.
     maxiter: maximum iterations of the Newton loop (each one or two Newton
-      steps). Cold starts take a median of 0–6.5
-      per (K, α) on issue 11's hard set (up to 17 with conflicting tasks,
+      steps). Cold starts take a median of 0–5
+      per (K, α) on issue 11's hard set (up to 16 with conflicting tasks,
       norms over seven decades and α = 10); warm starts from weights 1% off
       the root 1–2 (3 where cancellation in GᵀG w leaves float32 a residual
       far above ``tol``), more where the weights move by tens of percent
