@@ -487,10 +487,13 @@ def _solve(x0, prob, active, maxiter, tol):
     # correction is about (ω/2) |s'|² with ω ≈ 2 |s'| / |s|² (Deuflhard's
     # estimate of the affine-invariant Lipschitz constant), that is θ² |s'|;
     # otherwise θ |s'| bounds what is left of a linearly contracting
-    # sequence. With a second step this iteration, s and s' are its two
-    # steps (the second taken from where the first ended, so the estimate is
-    # for the point returned); otherwise s' is this iteration's move and s
-    # the last one's. last = 0: the previous step was not a full one, θ
+    # sequence. Two pairs give an estimate: s' this iteration's move and s
+    # the last one's, and, with a second step this iteration, its two steps
+    # (the second taken from where the first ended, so the estimate is for
+    # the point returned); the loop is done when either is below tol. (At
+    # the residual's round-off floor the two steps of one iteration are
+    # both noise of one size, while this iteration's move is still far
+    # below the last's.) last = 0: the previous step was not a full one, θ
     # counts as 1 (a full step below tol is itself the distance to the
     # root, to first order).
     full = finite & (t == 1.0)
@@ -499,9 +502,11 @@ def _solve(x0, prob, active, maxiter, tol):
       theta = jnp.minimum(1.0, step / previous)
       return step * jnp.where(theta <= _QUADRATIC, theta * theta, theta)
 
-    remaining = jnp.where(
-        take, remaining_error(second_size, jnp.maximum(step_size, 1e-30)),
-        remaining_error(moved, last))
+    remaining = jnp.minimum(
+        remaining_error(moved, last),
+        jnp.where(take, remaining_error(second_size,
+                                        jnp.maximum(step_size, 1e-30)),
+                  jnp.inf))
     settled = full & (remaining <= tol)
     err = worst(_terms(x_new, prob).rel)
     # In Newton's quadratic phase a full step cuts the residual many-fold;
