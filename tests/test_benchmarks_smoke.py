@@ -309,3 +309,22 @@ def test_compile_time_prints_a_row_per_method(capsys):
     assert f"| {name} | " in out
     assert results[name, 2] > 0 and results[name, 5] > 0
   assert list(compile_time.tree(5, 2)) == [f"l{i:04d}" for i in range(5)]
+
+
+def test_solver_speed_hard_drift_table():
+  """The drifting hard set on K = 2, α = 2 and 10, three steps: one row per
+  (kind, decades), each cell the iterations and the largest move, and a
+  star exactly where the first root spans more than 36 decades."""
+  from benchmarks import solver_speed  # pylint: disable=g-import-not-at-top
+  table = solver_speed.hard_drift_table(ks=(2,), alphas=(2.0, 10.0), steps=3)
+  header, _, *rows = table.splitlines()
+  assert len(header.strip("|").split("|")) == 5
+  assert len(rows) == 3 * 2  # kinds x decades
+  for row in rows:
+    kind, k, dec, *cells = [c.strip() for c in row.strip("|").split("|")]
+    assert k == "2" and kind in ("random", "correlated", "conflicting")
+    for cell in cells:
+      iters, move = cell.rstrip("*").split(" ")
+      assert 0 <= int(iters) <= 100 and float(move.strip("()")) >= 0
+  # At α = 2 every root of these 2-task problems fits in float32.
+  assert not any(r.split("|")[4].strip().endswith("*") for r in rows)
