@@ -134,8 +134,9 @@ _POLISH_STEPS = 2
 # correction of up to this many times tol (see _solve_weights).
 _FLOOR_STEPS = 10.0
 # The second Newton step of an iteration follows full steps of at most this
-# size (in log-weights): any full Newton step (see _MAX_STEP).
-_SECOND_STEP_RANGE = 30.0
+# size (in log-weights): any full Newton step, not a longer move along the
+# weight path.
+_SECOND_STEP_RANGE = _MAX_STEP
 
 
 class FairGradSolution(NamedTuple):
