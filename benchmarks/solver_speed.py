@@ -218,8 +218,8 @@ def hard_drift_table(ks=(10, 40), alphas=_hard_set.ALPHAS, steps=30):
         drift = (rng.normal(size=g.shape) * 1e-3
                  * np.linalg.norm(g, axis=1, keepdims=True)
                  / np.sqrt(g.shape[1]))
-        grams = [jnp.asarray(((g + t * drift) @ (g + t * drift).T)
-                             .astype(np.float32)) for t in range(steps)]
+        moved = [g + t * drift for t in range(steps)]
+        grams = [jnp.asarray((m @ m.T).astype(np.float32)) for m in moved]
         first = np.asarray(grams[0], np.float64)
         first = first / np.max(np.diag(first))
         cells = []

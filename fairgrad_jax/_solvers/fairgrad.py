@@ -44,10 +44,10 @@ How the solve works (all inside ``jit``, one ``lax.while_loop``):
   costs a host round trip). The two steps' contraction also estimates the
   error left at the point returned, so the loop stops there rather than
   spend a trip confirming it. On issue 11's hard set every (K, α) takes a
-  median of at most 5 iterations cold (K = 64, α = 10: 7 → 5 since the
-  second step followed only steps of up to 4 log-units, half the first's
-  size at most) at the same CPU time or less; warm-started from weights 1%
-  off the root, every case takes one or two. (A chord correction with the
+  median of at most 5 iterations cold (K = 64, α = 10: 6.5 → 5 against a
+  second step taken only after full steps of up to 4 log-units and kept
+  only at half the first's size) at the same CPU time or less;
+  warm-started from weights 1% off the root, every case takes one or two. (A chord correction with the
   first step's factor, Shamanskii's method, did this before; on
   ill-conditioned conflicting tasks it contracted little.)
 * Newton's iterates do not depend on a diagonal rescaling of w, so the
