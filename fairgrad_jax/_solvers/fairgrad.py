@@ -47,9 +47,10 @@ How the solve works (all inside ``jit``, one ``lax.while_loop``):
   median of at most 5 iterations cold (K = 64, α = 10: 6.5 → 5 against a
   second step taken only after full steps of up to 4 log-units and kept
   only at half the first's size) at the same CPU time or less;
-  warm-started from weights 1% off the root, every case takes one or two. (A chord correction with the
-  first step's factor, Shamanskii's method, did this before; on
-  ill-conditioned conflicting tasks it contracted little.)
+  warm-started from weights 1% off the root, every case takes one or two.
+  (A chord correction with the first step's factor, Shamanskii's method,
+  did this before; on ill-conditioned conflicting tasks it contracted
+  little.)
 * Newton's iterates do not depend on a diagonal rescaling of w, so the
   weights are written w_i = a_i^(-α/(1+α)) e^(x_i) (a_i = ‖g_i‖², the
   orthogonal-gradient closed form, which is also the cold start x = 0) only
