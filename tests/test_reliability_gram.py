@@ -16,6 +16,7 @@ import pytest
 import _asserts
 import fairgrad_jax
 from fairgrad_jax import _gram
+from fairgrad_jax._solvers import _common
 
 # name -> (factory, degree p of the update: d(σG) = σ^p d(G))
 GRAM_METHODS = {
@@ -96,6 +97,20 @@ def test_times_pow2_is_exact_over_the_normal_float32_range():
   # Scaling a huge value down by 2^128 (beyond one float32 factor).
   got = _gram.times_pow2(jnp.float32(3e38), -128.0)
   assert float(got) == float(np.float32(3e38)) / 2.0 ** 128
+
+
+def test_power_of_two_is_exact_over_the_normal_float32_range():
+  # The FairGrad residual divides by it before its error-free products; an
+  # inexact "power of two" (XLA's exp2) rounded every weight there.
+  n = np.arange(-126, 128)
+  expected = np.ldexp(np.float32(1.0), n).astype(np.float32)
+  for factor in (1.0, 1.5, 1.9999999):  # 2^n ... just below 2^(n + 1)
+    x = (expected.astype(np.float64) * factor).astype(np.float32)
+    x = x[np.isfinite(x)]
+    got = jax.jit(_common.power_of_two)(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(got), expected[:len(x)])
+  for bad in (0.0, -2.0, np.inf, np.nan):
+    assert float(_common.power_of_two(jnp.float32(bad))) == 1.0
 
 
 @pytest.mark.parametrize("k", [21, 40, 60])
