@@ -124,6 +124,40 @@ def test_hard_set_converged_flag_means_weights_at_the_root(alpha):
   assert max(rel_max) > 1e-5, rel_max
 
 
+@pytest.mark.parametrize("alpha", _hard_set.ALPHAS)
+def test_hard_set_residual_at_the_float32_floor(alpha):
+  """The residual is what the float64 root rounded to float32 leaves.
+
+  Issue 11 asks for a relative residual ≤ 1e-5 (evaluated exactly, here in
+  float64) wherever float32 can represent the root. Where conflicting tasks
+  make GᵀG w cancel, rounding the float64 root to float32 alone can leave
+  more (up to 2.4e-3 on this slice), and neighbouring floats differ by
+  several times that: the rounded root's residual is the measure there.
+  Measured on this slice: at most 1.9x it (conflicting K = 10, α = 2, seven
+  decades, whose floor is 2e-5), below it on two cases, ≤ 1e-5 wherever
+  it is. Before, the polish divided by a "power of two" built with XLA's
+  inexact exp2, which rounded every weight in the error-free residual, and
+  its multiplicative correction w e^δ could not move a weight by a fraction
+  of an ulp: random K = 2, α = 10, seven decades ended at 12.8x its floor
+  (3e-2), conflicting K = 2, α = 2, seven decades at 3.7x.
+  """
+  cases = [c for c in _cases() if c.alpha == alpha]
+  sols = _batched(_padded(cases), alpha)
+  checked = 0
+  for n, c in enumerate(cases):
+    if c.root is None or np.log10(c.root.max() / c.root.min()) > MAX_DECADES:
+      continue
+    checked += 1
+    w = np.asarray(sols.weights[n])[:c.k]
+    res = _hard_set.relative_residual(c.gram, w, alpha)
+    floor = _hard_set.relative_residual(c.gram, c.root.astype(np.float32),
+                                        alpha)
+    assert res <= max(1e-5, 3.0 * floor), (c.name, res, floor)
+    if floor <= 0.5e-5:
+      assert res <= 1e-5, (c.name, res, floor)
+  assert checked >= 8
+
+
 def test_converged_flag_at_the_float32_floor():
   """converged is True for weights at the root whose correction is noise.
 

@@ -80,8 +80,10 @@ How the solve works (all inside ``jit``, one ``lax.while_loop``):
 * A final Newton step on the equation as given (λ = 0) removes that O(λ)
   shift when the unregularized root is within 1%: the relative residual ends
   at the dtype's round-off (1e-7 in float32, 1e-16 in float64), where
-  scipy's float64 answer rounded to the same dtype lands. Near rank
-  deficiency the regularized root stays.
+  scipy's float64 answer rounded to the same dtype lands; where conflicting
+  tasks make GᵀG w cancel, at what the float64 root rounded to the dtype
+  leaves (on issue 11's hard set at most 1.9x that, often below it). Near
+  rank deficiency the regularized root stays.
 
 The authors' code solves the same equation with scipy's ``least_squares``
 from w = 1/K on the host; it weighs the absolute residual, which is why it
@@ -130,7 +132,10 @@ _PROGRESS = 0.5
 # The final Newton steps on the unregularized equation are taken only if
 # they change no weight by more than about 1% (see _polish).
 _POLISH_MAX_STEP = 1e-2
-_POLISH_STEPS = 2
+_POLISH_STEPS = 3
+# The polishing steps' Cholesky jitter, in units of K eps (the loop's is 10;
+# see _factor): the loop's when this one leaves the factor singular.
+_POLISH_JITTER = 1.0
 # At the residual's round-off floor, converged allows a last Newton
 # correction of up to this many times tol (see _solve_weights).
 _FLOOR_STEPS = 10.0
@@ -145,7 +150,7 @@ class FairGradSolution(NamedTuple):
 
   Attributes:
     weights: (K,) FairGrad weights, >= 0 (0 exactly for zero-gradient tasks).
-    num_iterations: Newton iterations of the loop (int32; the one or two
+    num_iterations: Newton iterations of the loop (int32; the up to three
       polishing steps on the unregularized equation are not counted).
     relative_residual: ‖GᵀG w - w^(-1/α)‖ / ‖w^(-1/α)‖ over the tasks with a
       non-zero gradient, for the Gram matrix given (without regularization).
@@ -266,14 +271,14 @@ def _gradient(tm):
   return tm.g_hat * jnp.exp(0.5 * tm.lh - tm.norm)
 
 
-def _factor(tm):
+def _factor(tm, jitter=10.0):
   """The Cholesky factor of the unit-diagonal Newton matrix in ``tm``."""
   k = tm.g_hat.shape[0]
   eps = jnp.finfo(tm.g_hat.dtype).eps
   # A relative jitter of a few ulps keeps the Cholesky factor finite when the
   # Newton matrix is singular to working precision (then the step is a
   # slightly damped Newton step, still a descent direction).
-  hess = tm.hess + (10.0 * k * eps) * jnp.eye(k, dtype=tm.hess.dtype)
+  hess = tm.hess + (jitter * k * eps) * jnp.eye(k, dtype=tm.hess.dtype)
   return jax.scipy.linalg.cho_factor(hess, lower=True)
 
 
@@ -560,13 +565,19 @@ def _polish(weights, x, gram, prob, active, alpha):
   residual is only as accurate as the logarithms, and exp(x + log
   a_i^(-α/(1+α))) rounds. Newton steps on the relative residual of the
   weights themselves, computed from the Gram matrix as given (inactive tasks
-  zeroed) with an error-free matrix-vector product, correct all three,
-  multiplicatively (w ← w e^δ), to the dtype's round-off: Newton converges
-  quadratically from an O(λ) error. The steps use the unregularized Newton
-  matrix at x (``prob`` has λ = 0). Each is kept only when it is finite,
-  moves no weight by more than about 1% (``_POLISH_MAX_STEP``) and lowers the
-  largest relative residual: near a rank-deficient Gram matrix, where the
-  unregularized equation has no root, the regularized root stays. Where the
+  zeroed) with an error-free matrix-vector product, correct all three to
+  the dtype's round-off: Newton converges quadratically from an O(λ) error.
+  A step δ (in log-weights) is applied as w + w δ, Newton's step in w
+  itself, which rounds once to the float nearest the corrected weight;
+  w e^δ rounds twice (e^δ to a multiple of 1 + 2^-24), so it could not move
+  a weight by a fraction of an ulp, and where GᵀG w cancels one ulp changes
+  the residual by several times its floor. The steps use the unregularized
+  Newton matrix at x (``prob`` has λ = 0). Each is kept only when it is
+  finite, moves no weight by more than about 1% (``_POLISH_MAX_STEP``) and
+  lowers the relative residual ‖GᵀG w - w^(-1/α)‖ / ‖w^(-1/α)‖ (the one
+  reported); a step refused is retried at half the length. Near a
+  rank-deficient Gram matrix, where the unregularized equation has no
+  root, the regularized root stays. Where the
   weights span too many decades for GᵀG w to be formed in the dtype, the
   steps are skipped (the log-domain residual of the loop stands).
 
@@ -595,6 +606,15 @@ def _polish(weights, x, gram, prob, active, alpha):
   def worst(rel):
     return jnp.max(jnp.abs(rel))
 
+  def norm(w, rel):
+    """‖rel ⊙ t‖ / ‖t‖, t = w^(-1/α) scaled to max 1 (no overflow)."""
+    log_w = jnp.where(active, jnp.log(jnp.where(active, w, 1.0)), 0.0)
+    lt = jnp.where(active, -log_w / alpha, -jnp.inf)
+    t = jnp.where(active, jnp.exp(lt - jnp.max(lt)), 0.0)
+    v = jnp.where(active, jnp.nan_to_num(rel * t), 0.0)
+    big = jnp.maximum(jnp.max(jnp.abs(v)), jnp.finfo(v.dtype).tiny)
+    return big * jnp.linalg.norm(v / big) / jnp.linalg.norm(t)
+
   tm = _terms(x, prob)
   rel = relative(weights)
   usable = jnp.all(jnp.isfinite(rel))
@@ -604,19 +624,29 @@ def _polish(weights, x, gram, prob, active, alpha):
   lg_max = jnp.max(jnp.where(active, lg, -jnp.inf))
   scale = jnp.exp(lg - lg_max)
   step_est = jnp.asarray(jnp.inf, weights.dtype)
-  chol = _factor(tm)  # the steps share the Newton matrix at x
+  # The steps share the Newton matrix at x, factored with the least jitter
+  # that keeps it finite: at the floor the steps are fractions of an ulp,
+  # and the loop's jitter damped them enough (10x more with K = 10 padded
+  # from 2) to walk between neighbouring floats instead of landing on the
+  # nearest (random K = 2, α = 10, seven decades: 2.6x the floor).
+  chols = (_factor(tm, _POLISH_JITTER), _factor(tm))
+  length = jnp.ones((), weights.dtype)
   for _ in range(_POLISH_STEPS):
-    step, _ = _newton_step(tm._replace(g_hat=rel * scale, norm=lg_max), chol)
+    fine, coarse = (
+        _newton_step(tm._replace(g_hat=rel * scale, norm=lg_max), chol)[0]
+        for chol in chols)
+    step = jnp.where(jnp.all(jnp.isfinite(fine)), fine, coarse)
     step = jnp.where(active, step, 0.0)
     step_est = jnp.where(jnp.all(jnp.isfinite(step)), worst(step), jnp.inf)
-    polished = weights * jnp.exp(step)
+    polished = weights + weights * (length * step)
     rel_polished = relative(polished)
     ok = (usable & jnp.all(jnp.isfinite(step))
           & jnp.all(jnp.isfinite(rel_polished))
           & (worst(step) <= _POLISH_MAX_STEP)
-          & (worst(rel_polished) < worst(rel)))
+          & (norm(polished, rel_polished) < norm(weights, rel)))
     weights = jnp.where(ok, polished, weights)
     rel = jnp.where(ok, rel_polished, rel)
+    length = jnp.where(ok, length, 0.5 * length)
   # The residual's floor: rounding each weight to the dtype (a relative
   # error of eps/2) moves (GᵀG w)_i by up to eps/2 Σ_j |GᵀG_ij| w_j, which
   # conflicting tasks' cancellation makes large against w_i^(-1/α). Twice
@@ -626,14 +656,8 @@ def _polish(weights, x, gram, prob, active, alpha):
                                            @ (weights / ws)) * (gs * ws)
            / target)
   above_floor = jnp.max(jnp.where(active, jnp.abs(rel) - floor, -jnp.inf))
-  # ‖rel ⊙ t‖ / ‖t‖ with t = w^(-1/α) scaled to max 1 (no overflow).
-  log_w = jnp.where(active, jnp.log(jnp.where(active, weights, 1.0)), 0.0)
-  lt = jnp.where(active, -log_w / alpha, -jnp.inf)
-  t = jnp.where(active, jnp.exp(lt - jnp.max(lt)), 0.0)
-  v = jnp.where(active, jnp.nan_to_num(rel * t), 0.0)
-  big = jnp.maximum(jnp.max(jnp.abs(v)), jnp.finfo(v.dtype).tiny)
-  residual = big * jnp.linalg.norm(v / big) / jnp.linalg.norm(t)
-  return (weights, jnp.where(jnp.any(active), residual, 0.0), worst(rel),
+  return (weights, jnp.where(jnp.any(active), norm(weights, rel), 0.0),
+          worst(rel),
           jnp.where(usable, step_est, jnp.inf),
           jnp.where(usable & jnp.isfinite(above_floor), above_floor, jnp.inf))
 
@@ -670,7 +694,7 @@ def fairgrad_solve(
       norms over seven decades and α = 10); warm starts from weights 1% off
       the root 1–2 (3 where cancellation in GᵀG w leaves float32 a residual
       far above ``tol``), more where the weights move by tens of percent
-      per step. Up to two polishing Newton steps follow, not counted.
+      per step. Up to three polishing Newton steps follow, not counted.
     tol: stop once every task's relative residual
       |(GᵀG w)_i - w_i^(-1/α)| / w_i^(-1/α) is at most ``tol``, or a full
       Newton step changed no weight by more than ``tol`` relatively; the
