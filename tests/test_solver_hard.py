@@ -133,9 +133,9 @@ def test_hard_set_residual_at_the_float32_floor(alpha):
   make GᵀG w cancel, rounding the float64 root to float32 alone can leave
   more (up to 2.4e-3 on this slice), and neighbouring floats differ by
   several times that: the rounded root's residual is the measure there.
-  Measured on this slice: at most 1.9x it (conflicting K = 10, α = 2, seven
-  decades, whose floor is 2e-5), below it on two cases, ≤ 1e-5 wherever
-  it is. Before, the polish divided by a "power of two" built with XLA's
+  Measured on this slice: at most 2.05x it (conflicting K = 10, α = 2,
+  seven decades, whose floor is 2e-5), below it on two cases, ≤ 1e-5
+  wherever it is. Before, the polish divided by a "power of two" built with XLA's
   inexact exp2, which rounded every weight in the error-free residual, and
   its multiplicative correction w e^δ could not move a weight by a fraction
   of an ulp: random K = 2, α = 10, seven decades ended at 12.8x its floor

@@ -82,7 +82,7 @@ How the solve works (all inside ``jit``, one ``lax.while_loop``):
   at the dtype's round-off (1e-7 in float32, 1e-16 in float64), where
   scipy's float64 answer rounded to the same dtype lands; where conflicting
   tasks make GᵀG w cancel, at what the float64 root rounded to the dtype
-  leaves (on issue 11's hard set at most 1.9x that, often below it). Near
+  leaves (on issue 11's hard set within about 2x that, often below it). Near
   rank deficiency the regularized root stays.
 
 The authors' code solves the same equation with scipy's ``least_squares``
@@ -132,9 +132,9 @@ _PROGRESS = 0.5
 # The final Newton steps on the unregularized equation are taken only if
 # they change no weight by more than about 1% (see _polish).
 _POLISH_MAX_STEP = 1e-2
-_POLISH_STEPS = 3
+_POLISH_STEPS = 2
 # The polishing steps' Cholesky jitter, in units of K eps (the loop's is 10;
-# see _factor): the loop's when this one leaves the factor singular.
+# see _factor); the loop's where this one leaves the factor singular.
 _POLISH_JITTER = 1.0
 # At the residual's round-off floor, converged allows a last Newton
 # correction of up to this many times tol (see _solve_weights).
@@ -150,7 +150,7 @@ class FairGradSolution(NamedTuple):
 
   Attributes:
     weights: (K,) FairGrad weights, >= 0 (0 exactly for zero-gradient tasks).
-    num_iterations: Newton iterations of the loop (int32; the up to three
+    num_iterations: Newton iterations of the loop (int32; the one or two
       polishing steps on the unregularized equation are not counted).
     relative_residual: ‖GᵀG w - w^(-1/α)‖ / ‖w^(-1/α)‖ over the tasks with a
       non-zero gradient, for the Gram matrix given (without regularization).
@@ -629,13 +629,12 @@ def _polish(weights, x, gram, prob, active, alpha):
   # and the loop's jitter damped them enough (10x more with K = 10 padded
   # from 2) to walk between neighbouring floats instead of landing on the
   # nearest (random K = 2, α = 10, seven decades: 2.6x the floor).
-  chols = (_factor(tm, _POLISH_JITTER), _factor(tm))
+  fine, lower = _factor(tm, _POLISH_JITTER)
+  chol = (jax.lax.cond(jnp.all(jnp.isfinite(fine)), lambda: fine,
+                       lambda: _factor(tm)[0]), lower)
   length = jnp.ones((), weights.dtype)
   for _ in range(_POLISH_STEPS):
-    fine, coarse = (
-        _newton_step(tm._replace(g_hat=rel * scale, norm=lg_max), chol)[0]
-        for chol in chols)
-    step = jnp.where(jnp.all(jnp.isfinite(fine)), fine, coarse)
+    step, _ = _newton_step(tm._replace(g_hat=rel * scale, norm=lg_max), chol)
     step = jnp.where(active, step, 0.0)
     step_est = jnp.where(jnp.all(jnp.isfinite(step)), worst(step), jnp.inf)
     polished = weights + weights * (length * step)
@@ -694,7 +693,7 @@ def fairgrad_solve(
       norms over seven decades and α = 10); warm starts from weights 1% off
       the root 1–2 (3 where cancellation in GᵀG w leaves float32 a residual
       far above ``tol``), more where the weights move by tens of percent
-      per step. Up to three polishing Newton steps follow, not counted.
+      per step. Up to two polishing Newton steps follow, not counted.
     tol: stop once every task's relative residual
       |(GᵀG w)_i - w_i^(-1/α)| / w_i^(-1/α) is at most ``tol``, or a full
       Newton step changed no weight by more than ``tol`` relatively; the
