@@ -626,8 +626,8 @@ def _polish(weights, x, gram, prob, active, alpha):
   step_est = jnp.asarray(jnp.inf, weights.dtype)
   # The steps share the Newton matrix at x, factored with the least jitter
   # that keeps it finite: at the floor the steps are fractions of an ulp,
-  # and the loop's jitter damped them enough (10x more with K = 10 padded
-  # from 2) to walk between neighbouring floats instead of landing on the
+  # and the loop's jitter damped them enough (5x more with K = 2 padded
+  # to 10) to walk between neighbouring floats instead of landing on the
   # nearest (random K = 2, α = 10, seven decades: 2.6x the floor).
   fine, lower = _factor(tm, _POLISH_JITTER)
   chol = (jax.lax.cond(jnp.all(jnp.isfinite(fine)), lambda: fine,
