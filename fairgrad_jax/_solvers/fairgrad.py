@@ -633,18 +633,21 @@ def _polish(weights, x, gram, prob, active, alpha):
   chol = (jax.lax.cond(jnp.all(jnp.isfinite(fine)), lambda: fine,
                        lambda: _factor(tm)[0]), lower)
   length = jnp.ones((), weights.dtype)
+  residual = norm(weights, rel)
   for _ in range(_POLISH_STEPS):
     step, _ = _newton_step(tm._replace(g_hat=rel * scale, norm=lg_max), chol)
     step = jnp.where(active, step, 0.0)
-    step_est = jnp.where(jnp.all(jnp.isfinite(step)), worst(step), jnp.inf)
+    finite_step = jnp.all(jnp.isfinite(step))
+    size = worst(step)
+    step_est = jnp.where(finite_step, size, jnp.inf)
     polished = weights + weights * (length * step)
     rel_polished = relative(polished)
-    ok = (usable & jnp.all(jnp.isfinite(step))
-          & jnp.all(jnp.isfinite(rel_polished))
-          & (worst(step) <= _POLISH_MAX_STEP)
-          & (norm(polished, rel_polished) < norm(weights, rel)))
+    residual_polished = norm(polished, rel_polished)
+    ok = (usable & finite_step & jnp.all(jnp.isfinite(rel_polished))
+          & (size <= _POLISH_MAX_STEP) & (residual_polished < residual))
     weights = jnp.where(ok, polished, weights)
     rel = jnp.where(ok, rel_polished, rel)
+    residual = jnp.where(ok, residual_polished, residual)
     length = jnp.where(ok, length, 0.5 * length)
   # The residual's floor: rounding each weight to the dtype (a relative
   # error of eps/2) moves (GᵀG w)_i by up to eps/2 Σ_j |GᵀG_ij| w_j, which
@@ -655,8 +658,7 @@ def _polish(weights, x, gram, prob, active, alpha):
                                            @ (weights / ws)) * (gs * ws)
            / target)
   above_floor = jnp.max(jnp.where(active, jnp.abs(rel) - floor, -jnp.inf))
-  return (weights, jnp.where(jnp.any(active), norm(weights, rel), 0.0),
-          worst(rel),
+  return (weights, jnp.where(jnp.any(active), residual, 0.0), worst(rel),
           jnp.where(usable, step_est, jnp.inf),
           jnp.where(usable & jnp.isfinite(above_floor), above_floor, jnp.inf))
 
