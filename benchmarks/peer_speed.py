@@ -21,7 +21,10 @@ and interquartile ranges over ``--repeats`` rounds:
    stacked FairGrad (``fairgrad_jax.task_gradients`` or ``jax.jacrev``, then
    the ``fairgrad`` aggregator on the trunk, heads summed), Gram-only
    FairGrad (``weighted_grad`` with ``shared=`` the trunk, one chunk or
-   ``chunk_size=1``). PyTorch: plain ``loss.sum().backward()``, TorchJD's
+   ``chunk_size=1``), and the stacked and chunk-1 Gram-only steps again
+   jitted with ``fairgrad_jax.lean_compiler_options()`` ("fj lean compile":
+   XLA's previous CPU emitters, a fraction of the compile memory).
+   PyTorch: plain ``loss.sum().backward()``, TorchJD's
    autojac (``mtl_backward`` + ``jac_to_grad`` with ``FairGrad``, heads
    summed) and autogram (``Engine`` on the trunk, ``FairGradWeighting``,
    ``losses.backward(weights)``).
@@ -114,6 +117,10 @@ def data(seed, batch, d_in, k):
 # ----------------------------------------------------- fairgrad_jax side
 
 
+# fairgrad_jax steps jitted with ``fj.lean_compiler_options()``.
+LEAN = "fj lean compile, "
+
+
 def jax_steps(params_np, x, y, alpha, lr) -> dict[str, Callable[[], Any]]:
   """One closure per fairgrad_jax configuration: a full Adam step each."""
   k = y.shape[1]
@@ -121,12 +128,13 @@ def jax_steps(params_np, x, y, alpha, lr) -> dict[str, Callable[[], Any]]:
   adam = optax.adam(lr)
   steps = {}
 
-  def make(name, grad_and_opt):
+  def make(name, grad_and_opt, lean=False):
     step_fn, opt = grad_and_opt
     state = {"params": jax.tree.map(jnp.asarray, params_np)}
     state["opt"] = opt.init(state["params"])
     state["extra"] = None
-    jitted = jax.jit(step_fn)
+    jitted = jax.jit(step_fn, compiler_options=(
+        fj.lean_compiler_options() if lean else None))
 
     def run():
       state["params"], state["opt"], state["extra"] = jitted(
@@ -172,11 +180,16 @@ def jax_steps(params_np, x, y, alpha, lr) -> dict[str, Callable[[], Any]]:
     return step, adam
 
   make("fj LS", ls())
-  make("fj stacked (task_gradients)",
-       stacked(lambda p, x, y: fj.task_gradients(losses_fn)(p, x, y)[1]))
+  with_task_gradients = stacked(
+      lambda p, x, y: fj.task_gradients(losses_fn)(p, x, y)[1])
+  make("fj stacked (task_gradients)", with_task_gradients)
   make("fj stacked (jax.jacrev)", stacked(jax.jacrev(losses_fn)))
   make("fj Gram-only (one chunk)", gram_only(None))
   make("fj Gram-only (chunk 1)", gram_only(1))
+  # The same steps compiled with fj.lean_compiler_options(): XLA's previous
+  # CPU emitters, a fraction of the compile memory (a no-op off the CPU).
+  make(LEAN + "stacked (task_gradients)", with_task_gradients, lean=True)
+  make(LEAN + "Gram-only (chunk 1)", gram_only(1), lean=True)
   return steps
 
 
@@ -398,7 +411,8 @@ def ratio_lines(results, tasks, all_tasks, pairs):
 
 MEMORY_CONFIGS = ("fj LS", "fj stacked (task_gradients)",
                   "fj stacked (jax.jacrev)", "fj Gram-only (one chunk)",
-                  "fj Gram-only (chunk 1)", "torch LS",
+                  "fj Gram-only (chunk 1)", LEAN + "stacked (task_gradients)",
+                  LEAN + "Gram-only (chunk 1)", "torch LS",
                   "TorchJD autojac FairGrad", "TorchJD autogram FairGrad")
 
 
@@ -624,6 +638,14 @@ def main(argv=None):
            "TorchJD autogram FairGrad", "fj Gram-only (one chunk)"),
           ("TorchJD autogram / fj Gram-only (chunk 1)",
            "TorchJD autogram FairGrad", "fj Gram-only (chunk 1)"),
+          ("TorchJD autojac / fj lean compile, stacked",
+           "TorchJD autojac FairGrad", LEAN + "stacked (task_gradients)"),
+          ("TorchJD autogram / fj lean compile, Gram-only (chunk 1)",
+           "TorchJD autogram FairGrad", LEAN + "Gram-only (chunk 1)"),
+          ("fj stacked / fj lean compile, stacked",
+           "fj stacked (task_gradients)", LEAN + "stacked (task_gradients)"),
+          ("fj Gram-only (chunk 1) / fj lean compile, Gram-only (chunk 1)",
+           "fj Gram-only (chunk 1)", LEAN + "Gram-only (chunk 1)"),
           ("torch LS / fj LS", "torch LS", "fj LS"),
       ])
   if lines:

@@ -23,6 +23,7 @@ from fairgrad_jax._aggregator import AggregatorState
 from fairgrad_jax._aggregator import Weighting
 from fairgrad_jax._autogram import weighted_grad
 from fairgrad_jax._autogram import WeightedGrad
+from fairgrad_jax._compile import lean_compiler_options
 from fairgrad_jax._gram import gram_matrix
 from fairgrad_jax._losses import fair_loss
 from fairgrad_jax._masks import shared_mask
@@ -198,6 +199,7 @@ __all__ = sorted([
     "imtl_l_weighting",
     "krum",
     "krum_weighting",
+    "lean_compiler_options",
     "linear_scalarization",
     "linear_scalarization_weighting",
     "mean",

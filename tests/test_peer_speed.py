@@ -23,7 +23,9 @@ def test_quick_runs_our_side(capsys):
   steps = results["steps"][k]
   assert set(steps) == {
       "fj LS", "fj stacked (task_gradients)", "fj stacked (jax.jacrev)",
-      "fj Gram-only (one chunk)", "fj Gram-only (chunk 1)"}
+      "fj Gram-only (one chunk)", "fj Gram-only (chunk 1)",
+      "fj lean compile, stacked (task_gradients)",
+      "fj lean compile, Gram-only (chunk 1)"}
   for first, times in list(steps.values()) + list(
       results["aggregation"][k].values()):
     assert first > 0 and len(times) == 3 and np.all(np.asarray(times) > 0)
