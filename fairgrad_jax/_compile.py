@@ -11,7 +11,7 @@ import jax.numpy as jnp
 # compile with a 270 MB peak against 26 MB. A FairGrad step has a few hundred
 # fusions (the weight solve's loop, its polishing, the rare-path branches),
 # so its first call peaks far above every later one (issue 13: K = 40, MLP
-# 256-1024-1024, 835 MB against 238 MB per step after it; 342 MB with the
+# 256-1024-1024, 848 MB against 239 MB per step after it; 315 MB with the
 # option). The option changes the code XLA emits for each fusion, not the
 # program: the hard-set residuals of the weight solve are the same.
 _LEAN_CPU = {"xla_cpu_use_fusion_emitters": False}
@@ -39,12 +39,14 @@ def lean_compiler_options(backend: str | None = None) -> dict:
   hundred fusions (the weight solve's Newton loop and its polishing), so
   its first call, which compiles it, peaks several hundred MB above every
   later call. XLA's previous emitters compile the same program in a
-  fraction of that memory and about 1.5 s sooner. Measured on a 2-core
-  CPU (``benchmarks.peer_speed --memory``, K = 40, MLP 256-1024-1024,
-  batch 256): the stacked FairGrad step's first steps peak at 342 MB
-  instead of 835 MB, against TorchJD's 456 MB; later steps run at the same
-  speed. The Gram-only step (:func:`weighted_grad`) ran 5–14% slower with
-  them in the same run, so this is a choice, not a default.
+  fraction of that memory, and sooner. Measured on a 2-core CPU
+  (``benchmarks.peer_speed --memory``, K = 40, MLP 256-1024-1024, batch
+  256, one run): the stacked FairGrad step's first steps peak at 315 MB
+  instead of 848 MB (TorchJD's autojac: 457 MB), its first call is 0.9–1.7
+  s shorter at K = 2–40, and later steps run at the same speed. The
+  Gram-only step (:func:`weighted_grad`, ``chunk_size=1``) peaks at 117 MB
+  instead of 404 MB but ran 10% slower, so this is a choice per step, not
+  a default.
 
   Args:
     backend: ``"cpu"``, ``"gpu"``, ``"tpu"``...; None: JAX's default backend.
